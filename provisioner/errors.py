@@ -1,0 +1,158 @@
+"""Every error prov raises on purpose.
+
+Each class carries a stable machine code, an HTTP status and a message template
+(the pattern Ironic and VirtualBMC use). The API has one exception handler that
+turns a ``ProvError`` into ``{"error": code, "message": text, ...details}`` and
+the CLI turns the same JSON back into one readable line and an exit code.
+Vendor libraries' exceptions are translated into these classes in the one
+module that imports the vendor library; nothing else ever sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ProvError(Exception):
+    code: ClassVar[str] = "error"
+    http_status: ClassVar[int] = 500
+    template: ClassVar[str] = "internal error"
+    # CLI exit code for this class of error (1 = generic failure).
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.details = details
+        if message is None:
+            try:
+                message = self.template.format(**details)
+            except (KeyError, IndexError):
+                message = self.template
+        self.message = message
+        super().__init__(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        for key, value in self.details.items():
+            if isinstance(value, str | int | float | bool | list | dict) or value is None:
+                body[key] = value
+            else:
+                body[key] = str(value)
+        return body
+
+
+# --- client-side problems (4xx) -------------------------------------------------
+
+
+class InvalidInput(ProvError):
+    code = "invalid_input"
+    http_status = 422
+    template = "{field}: {reason}"
+    exit_code = 2
+
+
+class NotFound(ProvError):
+    code = "not_found"
+    http_status = 404
+    template = "{kind} {name!r} not found"
+    exit_code = 3
+
+
+class Conflict(ProvError):
+    code = "conflict"
+    http_status = 409
+    template = "{reason}"
+    exit_code = 4
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+    template = "host {host} is {state}: event {event!r} not allowed (allowed: {allowed})"
+
+
+class Unauthorized(ProvError):
+    code = "unauthorized"
+    http_status = 401
+    template = "missing or invalid API token"
+    exit_code = 5
+
+
+class Forbidden(ProvError):
+    code = "forbidden"
+    http_status = 403
+    template = "{reason}"
+    exit_code = 5
+
+
+class TemplateError(InvalidInput):
+    code = "template_error"
+    template = "template {template}: {reason}"
+
+
+# --- driver / peer problems -----------------------------------------------------
+
+
+class DriverError(ProvError):
+    """A peer (BMC, libvirt, dnsmasq, ansible...) failed. 502: the fault is beyond us."""
+
+    code = "driver_error"
+    http_status = 502
+    template = "{reason}"
+    exit_code = 6
+    retryable: ClassVar[bool] = False
+
+
+class BmcAuthError(DriverError):
+    code = "bmc_auth"
+    template = "BMC {bmc}: authentication failed"
+
+
+class BmcUnreachable(DriverError):
+    code = "bmc_unreachable"
+    template = "BMC {bmc}: unreachable ({reason})"
+    retryable = True
+
+
+class BmcTimeout(DriverError):
+    code = "bmc_timeout"
+    http_status = 504
+    template = "BMC {bmc}: no answer within {seconds}s"
+    retryable = True
+
+
+class BmcBusy(DriverError):
+    code = "bmc_busy"
+    template = "BMC {bmc}: busy ({reason})"
+    retryable = True
+
+
+class BmcUnsupported(DriverError):
+    code = "bmc_unsupported"
+    http_status = 501
+    template = "BMC {bmc}: {operation} not supported"
+
+
+class BmcError(DriverError):
+    code = "bmc_error"
+    template = "BMC {bmc}: {reason}"
+
+
+class VirtError(DriverError):
+    code = "virt_error"
+    template = "libvirt: {reason}"
+
+
+class VirtRefused(InvalidInput):
+    """Pre-flight says the host cannot run what was asked."""
+
+    code = "virt_refused"
+    template = "{reason}"
+
+
+class BootError(DriverError):
+    code = "boot_error"
+    template = "{reason}"
+
+
+class ConfigRunError(DriverError):
+    code = "config_error"
+    template = "{reason}"

@@ -1,0 +1,155 @@
+"""SQL tables (SQLModel) and the API's Create/Update/Public variants.
+
+The ladder follows the FastAPI full-stack template: ``XBase`` holds the fields
+everyone may see, ``XCreate``/``XUpdate`` are request bodies, ``X`` is the
+table (with secrets), ``XPublic`` is what the API returns (never secrets).
+Validation of MACs, hostnames and addresses lives in validators.py so the API,
+the CLI import and GitOps inventory all reject the same things.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from provisioner import states as S
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------- racks
+class Rack(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=63)
+    site: str = Field(default="", max_length=128)
+    size_u: int = Field(default=42)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- profiles
+class Profile(SQLModel, table=True):
+    """An OS profile: how a host gets its OS and what runs on it afterwards."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=63)
+    os_family: str = Field(default="debian", max_length=32)  # debian | ubuntu | rhel
+    # kickstart | preseed | autoinstall | image
+    install_method: str = Field(default="preseed", max_length=32)
+    kernel_url: str = Field(default="", max_length=2048)
+    initrd_url: str = Field(default="", max_length=2048)
+    image_url: str = Field(default="", max_length=2048)
+    image_checksum: str = Field(default="", max_length=160)  # "sha256:<hex>"
+    template: str = Field(default="", max_length=255)  # override the method's default template
+    kernel_args: str = Field(default="", max_length=2048)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    playbooks: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    container_engine: str = Field(default="docker", max_length=16)  # docker | podman | none
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- hosts
+class Host(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("bmc_address", "bmc_port", name="uq_host_bmc_endpoint"),
+        Index("ix_host_state", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=63)
+    rack_id: int | None = Field(default=None, foreign_key="rack.id", index=True, ondelete="RESTRICT")
+    u_position: int | None = None
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    profile_id: int | None = Field(default=None, foreign_key="profile.id", ondelete="RESTRICT")
+
+    # lifecycle (moved only by lifecycle.advance)
+    state: str = Field(default=S.ENROLLED, max_length=32)
+    state_entered_at: datetime = Field(default_factory=utcnow)
+    state_deadline: datetime | None = None
+    maintenance_from: str | None = Field(default=None, max_length=32)
+    version: int = Field(default=0)  # compare-and-set counter
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+    # power / BMC.  kind: ipmi | redfish | libvirt | manual
+    bmc_kind: str = Field(default="ipmi", max_length=16)
+    bmc_address: str | None = Field(default=None, max_length=255)
+    bmc_port: int | None = None
+    bmc_username: str | None = Field(default=None, max_length=64)
+    bmc_password_enc: str | None = Field(default=None, sa_column=Column(Text))  # Fernet, never plain
+    # driver options: privilege, cipher_suite, verify_tls, ca_path, system_id, libvirt_uri, domain...
+    bmc_options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    power_state: str = Field(default=S.POWER_UNKNOWN, max_length=16)
+    power_checked_at: datetime | None = None
+    bmc_reachable: bool | None = None  # None: never asked; False: flagged by power sync
+    bmc_error: str | None = Field(default=None, sa_column=Column(Text))
+
+    # network boot / install
+    netboot: bool = Field(default=False)  # does DHCP/iPXE hand this host an installer?
+    install_token_hash: str | None = Field(default=None, max_length=128)
+    install_token_expires: datetime | None = None
+    ip_address: str | None = Field(default=None, max_length=64)
+    ssh_host_key: str | None = Field(default=None, sa_column=Column(Text))
+    installed_at: datetime | None = None
+
+    virt_report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Nic(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    host_id: int = Field(foreign_key="host.id", index=True, ondelete="CASCADE")
+    mac: str = Field(index=True, unique=True, max_length=17)  # lower-case aa:bb:cc:dd:ee:ff
+    name: str = Field(default="", max_length=32)
+    boot: bool = Field(default=False)
+    ip: str | None = Field(default=None, max_length=64)  # DHCP reservation
+
+
+# --------------------------------------------------------------------------- tasks
+class Task(SQLModel, table=True):
+    """A unit of work the conductor runs; persisted step by step so it can resume."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32, index=True)  # install | power | configure | verify | ...
+    host_id: int | None = Field(default=None, foreign_key="host.id", index=True, ondelete="SET NULL")
+    rack_id: int | None = Field(default=None, foreign_key="rack.id", ondelete="SET NULL")
+    status: str = Field(default=S.TASK_PENDING, max_length=16, index=True)
+    step: str = Field(default="", max_length=64)  # the workflow step in progress (for resume)
+    progress: int = Field(default=0)  # 0..100
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    owner: str | None = Field(default=None, max_length=128)  # controller instance running it
+    heartbeat_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+# --------------------------------------------------------------------------- history
+class Event(SQLModel, table=True):
+    """Append-only host history. Rows are never updated or deleted."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    host_id: int | None = Field(default=None, foreign_key="host.id", index=True, ondelete="CASCADE")
+    from_state: str | None = Field(default=None, max_length=32)
+    to_state: str | None = Field(default=None, max_length=32)
+    event: str = Field(max_length=64)
+    message: str = Field(default="", sa_column=Column(Text, nullable=False))
+    actor: str = Field(default="system", max_length=128)
+    task_id: int | None = Field(default=None, foreign_key="task.id", ondelete="SET NULL")
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+# --------------------------------------------------------------------------- auth
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    token_hash: str = Field(index=True, unique=True, max_length=128)  # sha256 hex of the token
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked: bool = Field(default=False)

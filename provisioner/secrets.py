@@ -1,0 +1,103 @@
+"""BMC passwords encrypted at rest, and masking for everything that is logged.
+
+The Fernet key comes from ``PROV_SECRET_KEY`` or from ``{data_dir}/secret.key``,
+created 0600 on first use. A password is decrypted only in memory, at call time,
+by the driver that needs it; every value that has been decrypted or stored is
+registered with the log masker so it can never reach a log line or an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from provisioner.errors import ProvError
+from provisioner.settings import Settings, get_settings
+
+MASK = "********"
+_known: set[str] = set()
+_known_lock = threading.Lock()
+
+
+class SecretKeyError(ProvError):
+    code = "secret_key"
+    template = "secret key: {reason}"
+
+
+def _key_path(settings: Settings) -> Path:
+    return settings.data_dir / "secret.key"
+
+
+def load_key(settings: Settings | None = None) -> bytes:
+    settings = settings or get_settings()
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    path = _key_path(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: two controllers starting at once must not write two keys.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
+    return path.read_bytes().strip()
+
+
+def _fernet(settings: Settings | None = None) -> Fernet:
+    try:
+        return Fernet(load_key(settings))
+    except ValueError as exc:
+        raise SecretKeyError(reason="not a valid Fernet key") from exc
+
+
+def register(secret: str | None) -> None:
+    """Remember a secret so log lines and messages mentioning it get masked."""
+    if secret and len(secret) >= 3:
+        with _known_lock:
+            _known.add(secret)
+
+
+def encrypt(plaintext: str, settings: Settings | None = None) -> str:
+    register(plaintext)
+    return _fernet(settings).encrypt(plaintext.encode()).decode()
+
+
+def decrypt(ciphertext: str, settings: Settings | None = None) -> str:
+    try:
+        value = _fernet(settings).decrypt(ciphertext.encode()).decode()
+    except InvalidToken as exc:
+        raise SecretKeyError(reason="stored secret cannot be decrypted with this key") from exc
+    register(value)
+    return value
+
+
+def mask(text: str) -> str:
+    """Replace every known secret in ``text``."""
+    with _known_lock:
+        secrets = sorted(_known, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text
+
+
+class MaskingFilter(logging.Filter):
+    """Attached to the root handler: formats the record, then masks known secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not kill logging
+            message = str(record.msg)
+        masked = mask(message)
+        if masked != message or record.args:
+            record.msg = masked
+            record.args = None
+        return True

@@ -1,0 +1,144 @@
+"""The one settings object.
+
+Values come from ``PROV_*`` environment variables, then an optional TOML/YAML
+config file named by ``PROV_CONFIG`` (or ``$PROV_DATA_DIR/prov.yaml``), then the
+defaults below. The defaults give a working controller on loopback with no
+configuration at all: SQLite in the data directory, API on 127.0.0.1:8700,
+TFTP on 127.0.0.1 (port 69 needs root; ``--tftp-port`` moves it).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# The repository root when running from a checkout; templates/ and playbooks/ live there.
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/prov")
+    return Path.home() / ".local" / "share" / "prov"
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML config file (lower priority than the environment)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path_s = os.environ.get("PROV_CONFIG")
+        if path_s:
+            path = Path(path_s)
+        else:
+            data_dir = Path(os.environ.get("PROV_DATA_DIR") or _default_data_dir())
+            path = data_dir / "prov.yaml"
+        if not path.is_file():
+            return {}
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: config file must be a mapping")
+        return loaded
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROV_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None  # default: sqlite:///{data_dir}/prov.db
+    secret_key: str | None = None  # Fernet key; default: {data_dir}/secret.key created 0600
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = 8700
+    # Base URL that installers and iPXE use to reach us (defaults to http://host:port).
+    public_url: str | None = None
+    max_body_bytes: int = 1_048_576
+
+    # Network boot
+    tftp_host: str = "127.0.0.1"
+    tftp_port: int = 69
+    tftp_enabled: bool = True
+    boot_root: Path | None = None  # default: {data_dir}/boot
+    dhcp_enabled: bool = False  # dnsmasq is started only when a provisioning network is configured
+    dhcp_interface: str | None = None
+    dhcp_range: str | None = None  # "10.10.0.100,10.10.0.200,255.255.255.0" or proxy mode "10.10.0.0,proxy"
+    unknown_mac_action: str = "ignore"  # ignore | discover
+
+    # Where templates and playbooks are read from; operators' own templates
+    # live in {data_dir}/templates and override the shipped ones.
+    templates_dir: Path = _REPO_ROOT / "templates"
+    playbooks_dir: Path = _REPO_ROOT / "playbooks"
+
+    # Power
+    power_concurrency: int = 64
+    power_call_timeout: float = 10.0
+    power_retries: int = 3
+    power_sync_interval: float = 300.0
+    power_sync_enabled: bool = True
+
+    # Lifecycle timeouts (seconds) for the wait states; see lifecycle.py.
+    install_wait_timeout: float = 3600.0
+    deploy_wait_timeout: float = 1800.0
+    configure_timeout: float = 3600.0
+    ssh_wait_timeout: float = 900.0
+
+    # Install tokens
+    install_token_ttl: float = 7200.0
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    # --- derived paths ---------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'prov.db'}"
+
+    @property
+    def boot_dir(self) -> Path:
+        return self.boot_root or self.data_dir / "boot"
+
+    @property
+    def user_templates_dir(self) -> Path:
+        return self.data_dir / "templates"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.boot_dir, self.user_templates_dir, self.runs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """For tests: forget the cached settings so new PROV_* variables take effect."""
+    get_settings.cache_clear()
