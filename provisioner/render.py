@@ -35,7 +35,7 @@ def make_env(search_path: list[Path]) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - we render kickstart/iPXE/XML, not HTML; XML templates use |e
+        autoescape=False,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
