@@ -73,7 +73,9 @@ class TaskContext:
         if self.cancel_event.is_set():
             raise TaskCancelled(task_id=self.task_id)
 
-    def history(self, message: str, *, event: str = "note", host_id: int | None = None, actor: str = "conductor") -> None:
+    def history(
+        self, message: str, *, event: str = "note", host_id: int | None = None, actor: str = "conductor"
+    ) -> None:
         """A host history line that does not change state (e.g. an Ansible task result)."""
         hid = host_id if host_id is not None else self.host_id
         if hid is None:
