@@ -46,11 +46,16 @@ class ApiError(errors.ProvError):
 
 
 class ProvClient:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 60.0, context: str | None = None
+    ) -> None:
         cfg = load_client_config()
         self.url = (url or os.environ.get("PROV_URL") or cfg.get("url") or "http://127.0.0.1:8700").rstrip("/")
         self.token = token or os.environ.get("PROV_TOKEN") or cfg.get("token")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if context:
+            # Recorded as part of the actor on every history line this client causes (see api/deps.py).
+            headers["X-Prov-Context"] = context
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:

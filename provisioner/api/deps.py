@@ -32,6 +32,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 
 
+CONTEXT_HEADER = "x-prov-context"
+
+
 def require_token(request: Request, session: SessionDep) -> str:
     """Operator auth: ``Authorization: Bearer <token>``; returns the token's name (the actor)."""
     header = request.headers.get("authorization", "")
@@ -41,7 +44,12 @@ def require_token(request: Request, session: SessionDep) -> str:
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()))).first()
     if row is None or row.revoked:
         raise Unauthorized()
-    return f"token:{row.name}"
+    actor = f"token:{row.name}"
+    # Callers may say on whose behalf they act (``prov apply --git`` sends the commit), so
+    # every history line written for this request names it. Printable ASCII only, bounded.
+    context = request.headers.get(CONTEXT_HEADER, "")
+    context = "".join(ch for ch in context if 32 <= ord(ch) < 127)[:56].strip()
+    return f"{actor} ({context})" if context else actor
 
 
 ActorDep = Annotated[str, Depends(require_token)]

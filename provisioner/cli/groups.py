@@ -20,6 +20,23 @@ inventory_app = typer.Typer(no_args_is_help=True, help="Inventory export and sch
 lab_app = typer.Typer(no_args_is_help=True, help="The virtual lab rack.")
 task_app = typer.Typer(no_args_is_help=True, help="Background tasks.")
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from provisioner import __version__
+
+        typer.echo(f"prov {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """prov: bare-metal and VM provisioning."""
+
+
 for _name, _sub in {
     "host": host_app,
     "rack": rack_app,

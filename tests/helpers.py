@@ -1,0 +1,53 @@
+"""Small helpers shared by every test area (import with ``from tests.helpers import ...``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+def require_binary(*names: str) -> None:
+    """Skip (or fail in CI, where PROV_REQUIRE_PEERS=1) when a peer program is missing."""
+    missing = [n for n in names if shutil.which(n) is None and not Path(n).exists()]
+    if missing:
+        msg = f"required peer program(s) not installed: {', '.join(missing)}"
+        if os.environ.get("PROV_REQUIRE_PEERS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        msg = "needs root (network namespaces, libvirtd, sshd)"
+        if os.environ.get("PROV_REQUIRE_PEERS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def update_golden() -> bool:
+    return os.environ.get("PROV_UPDATE_GOLDEN") == "1"
+
+
+def assert_golden(relpath: str, actual: str) -> None:
+    """Compare ``actual`` with tests/golden/<relpath>; PROV_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN_DIR / relpath
+    if update_golden() or not path.exists():
+        if not update_golden() and os.environ.get("PROV_REQUIRE_PEERS") == "1":
+            pytest.fail(f"golden file {path} is missing (run with PROV_UPDATE_GOLDEN=1 once)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+        return
+    expected = path.read_text()
+    assert actual == expected, f"rendered output differs from {path} (PROV_UPDATE_GOLDEN=1 to accept)"
