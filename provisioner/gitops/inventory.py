@@ -164,6 +164,16 @@ class InventoryDoc(_Strict):
     hosts: list[HostIn] = Field(default_factory=list)
 
 
+class Origin:
+    """Where an object is declared; the line is looked up only when printed."""
+
+    def __init__(self, filename: str, lines: _Lines, loc: tuple[Any, ...]) -> None:
+        self.filename, self._lines, self._loc = filename, lines, loc
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self._lines.line(self._loc)}"
+
+
 @dataclass
 class Inventory:
     """The merged, validated inventory plus where each object came from."""
@@ -171,7 +181,7 @@ class Inventory:
     profiles: dict[str, ProfileIn] = field(default_factory=dict)
     racks: dict[str, RackIn] = field(default_factory=dict)
     hosts: dict[str, HostIn] = field(default_factory=dict)
-    origin: dict[str, str] = field(default_factory=dict)  # "hosts/web01" -> "file.yaml:12"
+    origin: dict[str, Origin] = field(default_factory=dict)  # "hosts/web01" -> file.yaml:12
     base: Path = field(default_factory=Path.cwd)
 
 
@@ -181,13 +191,17 @@ class InventoryError(InvalidInput):
 
 
 # --------------------------------------------------------------------- YAML with line numbers
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping/sequence item by path."""
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # LibYAML's composer when available: ~10x faster
+
+
+class _Scalars(yaml.constructor.SafeConstructor):
+    """Builds Python values from scalar nodes (ints, bools, nulls...) exactly as safe_load would."""
 
 
 def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """YAML -> data plus the line of every mapping key and sequence item, by path."""
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         # The context mark (start of the construct being parsed) beats the problem mark,
         # which for unclosed brackets points past the end of the file.
@@ -197,9 +211,9 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...
         why = f"{getattr(exc, 'problem', exc)}" + (f" ({context})" if context else "")
         raise InventoryError(location=f"{filename}:{line}", reason=f"YAML: {why}") from None
     lines: dict[tuple[Any, ...], int] = {}
+    scalars = _Scalars()
 
     def walk(n: yaml.Node, path: tuple[Any, ...]) -> Any:
-        lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for k, v in n.value:
@@ -208,15 +222,17 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...
                 out[key] = walk(v, (*path, key))
             return out
         if isinstance(n, yaml.SequenceNode):
-            return [walk(v, (*path, i)) for i, v in enumerate(n.value)]
-        loader = _LineLoader("")
-        try:
-            return loader.construct_object(n, deep=True)
-        finally:
-            loader.dispose()
+            items = []
+            for i, v in enumerate(n.value):
+                lines[(*path, i)] = v.start_mark.line + 1
+                items.append(walk(v, (*path, i)))
+            return items
+        return scalars.construct_object(n, deep=True)
 
-    data = walk(node, ()) if node is not None else {}
-    return data, lines
+    if node is None:
+        return {}, lines
+    lines[()] = node.start_mark.line + 1
+    return walk(node, ()), lines
 
 
 def _fmt_path(loc: tuple[Any, ...]) -> str:
@@ -242,21 +258,34 @@ def _reason(err: Any) -> str:
     return msg
 
 
-def parse_document(text: str, filename: str) -> tuple[InventoryDoc, dict[tuple[Any, ...], int]]:
-    """One file -> (document, line of every path), or InventoryError at file:line."""
-    data, lines = _load_with_lines(text, filename)
+def _fast_load(text: str, filename: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - CSafeLoader/SafeLoader only
+    except yaml.YAMLError:
+        _load_with_lines(text, filename)  # raises InventoryError with file:line
+        raise
+
+
+def parse_document(text: str, filename: str) -> InventoryDoc:
+    """One file -> document, or InventoryError at file:line.
+
+    The fast path is a plain LibYAML load; line numbers are computed (by a second,
+    slower parse that keeps the node marks) only when there is an error to report.
+    """
+    data = _fast_load(text, filename)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise InventoryError(location=f"{filename}:1", reason="an inventory file must be a mapping")
     try:
-        return InventoryDoc.model_validate(data), lines
+        return InventoryDoc.model_validate(data)
     except ValidationError as exc:
+        _, lines = _load_with_lines(text, filename)
         errs = exc.errors()
-        # pydantic reports discriminator noise for unions; the first error is the useful one.
         first = errs[0]
         loc = tuple(first["loc"])
-        line = _line_for(lines, loc)
         raise InventoryError(
-            location=f"{filename}:{line}",
+            location=f"{filename}:{_line_for(lines, loc)}",
             reason=f"{_fmt_path(loc)}: {_reason(first)}",
             errors=[f"{filename}:{_line_for(lines, tuple(e['loc']))}: {_fmt_path(tuple(e['loc']))}: {_reason(e)}"
                     for e in errs],
@@ -274,6 +303,19 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
+class _Lines:
+    """Line numbers of one file, computed on first use (only errors and origins need them)."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self._text, self._filename = text, filename
+        self._map: dict[tuple[Any, ...], int] | None = None
+
+    def line(self, loc: tuple[Any, ...]) -> int:
+        if self._map is None:
+            self._map = _load_with_lines(self._text, self._filename)[1]
+        return _line_for(self._map, loc)
+
+
 def _display(f: Path) -> str:
     """A file's name as the operator typed it: relative to the working directory when inside it."""
     try:
@@ -288,19 +330,22 @@ def load(path: str | Path) -> Inventory:
     inv = Inventory(base=root if root.is_dir() else root.parent)
     macs: dict[str, str] = {}
     bmcs: dict[tuple[str, int | None], str] = {}
-    docs: list[tuple[str, InventoryDoc, dict[tuple[Any, ...], int]]] = []
+    docs: list[tuple[str, InventoryDoc, _Lines]] = []
     for f in _files(root):
         rel = _display(f)
-        doc, lines = parse_document(f.read_text(), rel)
-        docs.append((rel, doc, lines))
+        text = f.read_text()
+        docs.append((rel, parse_document(text, rel), _Lines(text, rel)))
 
     defaults = Defaults()
     for _rel, doc, _lines in docs:
         for k in doc.defaults.model_fields_set:
             setattr(defaults, k, getattr(doc.defaults, k))
 
-    def where(rel: str, lines: dict[tuple[Any, ...], int], *loc: Any) -> str:
-        return f"{rel}:{_line_for(lines, loc)}"
+    def where(rel: str, lines: _Lines, *loc: Any) -> str:
+        return f"{rel}:{lines.line(loc)}"
+
+    def origin(rel: str, lines: _Lines, *loc: Any) -> Origin:
+        return Origin(rel, lines, loc)
 
     for rel, doc, lines in docs:
         for i, p in enumerate(doc.profiles):
@@ -309,18 +354,17 @@ def load(path: str | Path) -> Inventory:
                                      reason=f"profiles[{i}].name: duplicate profile {p.name!r} "
                                             f"(first at {inv.origin['profiles/' + p.name]})")
             inv.profiles[p.name] = p
-            inv.origin[f"profiles/{p.name}"] = where(rel, lines, "profiles", i)
+            inv.origin[f"profiles/{p.name}"] = origin(rel, lines, "profiles", i)
         for i, r in enumerate(doc.racks):
             if r.name in inv.racks:
                 raise InventoryError(location=where(rel, lines, "racks", i, "name"),
                                      reason=f"racks[{i}].name: duplicate rack {r.name!r} "
                                             f"(first at {inv.origin['racks/' + r.name]})")
             inv.racks[r.name] = r
-            inv.origin[f"racks/{r.name}"] = where(rel, lines, "racks", i)
+            inv.origin[f"racks/{r.name}"] = origin(rel, lines, "racks", i)
 
     for rel, doc, lines in docs:
         for i, h in enumerate(doc.hosts):
-            loc = where(rel, lines, "hosts", i)
             if h.name in inv.hosts:
                 raise InventoryError(location=where(rel, lines, "hosts", i, "name"),
                                      reason=f"hosts[{i}].name: duplicate host {h.name!r} "
@@ -348,7 +392,7 @@ def load(path: str | Path) -> Inventory:
                 raise InventoryError(location=where(rel, lines, "hosts", i, "nics"),
                                      reason=f"hosts[{i}].nics: more than one boot NIC")
             inv.hosts[h.name] = h
-            inv.origin[f"hosts/{h.name}"] = loc
+            inv.origin[f"hosts/{h.name}"] = origin(rel, lines, "hosts", i)
     return inv
 
 

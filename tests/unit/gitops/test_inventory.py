@@ -33,7 +33,7 @@ def test_example_inventory_loads_with_defaults_applied() -> None:
     assert web01.bmc is not None and web01.bmc.username == "admin" and web01.bmc.port == 623
     assert web01.bmc.address == "10.0.0.21"
     assert inv.hosts["kvm01"].engine == "podman"
-    assert inv.origin["hosts/web02"].startswith(str(EXAMPLES.relative_to(Path.cwd())) if EXAMPLES.is_relative_to(
+    assert str(inv.origin["hosts/web02"]).startswith(str(EXAMPLES.relative_to(Path.cwd())) if EXAMPLES.is_relative_to(
         Path.cwd()) else str(EXAMPLES))
 
 
