@@ -21,7 +21,7 @@ DEV_PKGS=(
   tftp-hpa atftp tftpd-hpa curl   # TFTP clients + the reference server for bench/tftp
   libxml2-utils virtinst          # virt-xml-validate, virt-install (bench/virt reference)
   openssh-server sshpass nftables # namespace SSH hosts for Ansible
-  debconf-utils cloud-init        # preseed and cloud-config validators
+  debconf-utils cloud-init grub-common  # preseed, cloud-config and grub.cfg validators
   netcat-openbsd wrk bridge-utils iptables
 )
 PKGS=("${RUNTIME_PKGS[@]}")

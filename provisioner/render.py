@@ -79,9 +79,15 @@ def render(name: str, context: dict[str, Any], settings: Settings | None = None)
         raise _translate(name, exc) from exc
 
 
-def render_string(source: str, context: dict[str, Any], name: str = "<string>") -> str:
-    """Render an operator-supplied template body (upload check) in the same sandbox."""
-    env = make_env([])
+def render_string(
+    source: str, context: dict[str, Any], name: str = "<string>", settings: Settings | None = None
+) -> str:
+    """Render an operator-supplied template body (upload check) in the same sandbox.
+
+    With ``settings`` the body may import/include the installed templates
+    (e.g. ``common/cmdline.j2``), exactly as it will when rendered for real.
+    """
+    env = get_env(settings) if settings is not None else make_env([])
     try:
         return env.from_string(source).render(**context)
     except (jinja2.TemplateError, SecurityError) as exc:

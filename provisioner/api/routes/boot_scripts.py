@@ -1,0 +1,36 @@
+"""Public iPXE endpoints: the first-stage chain script and the per-MAC boot script.
+
+No operator token: firmware cannot send one. What a MAC gets is decided by
+drivers.boot.pxe (install only with netboot on and the host in an install
+state; local boot otherwise; unknown MACs nothing or discovery).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from provisioner.api.deps import SessionDep, SettingsDep
+from provisioner.drivers.boot import pxe
+from provisioner.errors import NotFound
+
+PUBLIC = True
+router = APIRouter(prefix="/boot", tags=["boot"])
+
+# Boot scripts hold one-time tokens and change with the host's state: never cache.
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@router.get("/boot.ipxe", response_class=PlainTextResponse)
+def boot_ipxe(settings: SettingsDep) -> PlainTextResponse:
+    return PlainTextResponse(pxe.first_stage_script(settings), headers=_NO_STORE)
+
+
+@router.get("/ipxe/{mac}", response_class=PlainTextResponse,
+            responses={404: {"description": "unknown MAC (unknown_mac_action=ignore)"},
+                       422: {"description": "not a MAC address"}})
+def host_ipxe(mac: str, session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+    text = pxe.boot_config_for_mac(session, mac, "ipxe", settings)
+    if text is None:
+        raise NotFound(kind="boot script for MAC", name=mac)
+    return PlainTextResponse(text, headers=_NO_STORE)

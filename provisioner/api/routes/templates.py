@@ -1,0 +1,49 @@
+"""Operator routes for templates: list, show, upload (checked), and a host's rendered preview."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from provisioner import crud, templates_catalog
+from provisioner.api.deps import SessionDep, SettingsDep
+from provisioner.errors import InvalidInput, NotFound
+
+router = APIRouter(tags=["templates"])
+
+
+@router.get("/templates")
+def list_templates(settings: SettingsDep, kind: str | None = None) -> dict[str, Any]:
+    if kind is not None and kind not in templates_catalog.KINDS:
+        raise InvalidInput(field="kind", reason=f"unknown template kind {kind!r}")
+    data = [t.to_dict() for t in templates_catalog.list_templates(settings, kind)]
+    return {"data": data, "count": len(data)}
+
+
+@router.get("/templates/{kind}/{name}", response_class=PlainTextResponse)
+def show_template(kind: str, name: str, settings: SettingsDep) -> PlainTextResponse:
+    templates_catalog.check_kind_name(kind, name)
+    for t in templates_catalog.list_templates(settings, kind):
+        if t.name == name:
+            with open(t.path, encoding="utf-8") as fh:
+                return PlainTextResponse(fh.read())
+    raise NotFound(kind="template", name=f"{kind}/{name}")
+
+
+@router.put("/templates/{kind}/{name}", openapi_extra={"requestBody": {"required": True, "content": {
+    "text/plain": {"schema": {"type": "string", "description": "Jinja2 template source"}}}}})
+async def upload_template(kind: str, name: str, request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """Body: the template source as text. Rejected (422, naming the problem) unless it renders cleanly."""
+    templates_catalog.check_kind_name(kind, name)
+    body = await request.body()
+    info = templates_catalog.upload(kind, name, body, settings)
+    return info.to_dict()
+
+
+@router.get("/hosts/{host}/rendered/{kind}", response_class=PlainTextResponse)
+def rendered(host: str, kind: str, session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+    """What ``host`` would get for ``kind`` now; the token is a placeholder (nothing is minted)."""
+    row = crud.get_host(session, host)
+    return PlainTextResponse(templates_catalog.render_for_host(session, row, kind, settings))
