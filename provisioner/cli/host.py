@@ -1,0 +1,354 @@
+"""``prov host add|list|show|set|rm|history|maintain|unmaintain|abort``.
+
+Every command is a client of the REST API. Input that can be checked here
+(MACs, names, addresses, ports) is checked with the same rules the API uses
+(provisioner.validators), so a typo fails at once with the option named, before
+a request is sent. A BMC password is never taken as a command-line argument —
+arguments are visible to every user in the process list — only from a file,
+an environment variable, standard input or a hidden prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
+
+import typer
+
+from provisioner import validators
+from provisioner.cli.groups import host_app
+from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors, items
+from provisioner.errors import InvalidInput
+
+T = TypeVar("T")
+
+HOST_COLUMNS = ["name", "rack", "u", "state", "power", "profile", "roles", "boot_mac", "bmc"]
+EVENT_COLUMNS = ["created_at", "event", "from_state", "to_state", "actor", "message"]
+# BMC kinds that authenticate with a password (libvirt and manual do not).
+PASSWORD_KINDS = frozenset({"ipmi", "redfish"})
+BMC_KINDS = ("ipmi", "redfish", "libvirt", "manual")
+
+
+def host_path(name: str, *rest: str) -> str:
+    return "/".join([f"/api/v1/hosts/{quote(name, safe='')}", *rest])
+
+
+def check(field: str, fn: Callable[[T], T], value: T) -> T:
+    """Apply a validators rule; a ValueError becomes a one-line InvalidInput naming the option."""
+    try:
+        return fn(value)
+    except ValueError as exc:
+        raise InvalidInput(field=field, reason=str(exc)) from None
+
+
+# --------------------------------------------------------------------------- password input
+def read_password(file: Path | None, env: str | None, stdin: bool, *, prompt: bool) -> str | None:
+    """The BMC password from exactly one source; a hidden prompt if none and interactive."""
+    given = [name for name, v in (("--bmc-password-file", file), ("--bmc-password-env", env)) if v] + (
+        ["--bmc-password-stdin"] if stdin else []
+    )
+    if len(given) > 1:
+        raise InvalidInput(field="bmc password", reason=f"give only one of {', '.join(given)}")
+    if file is not None:
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise InvalidInput(field="--bmc-password-file", reason=f"{file}: {exc.strerror or exc}") from None
+        secret = text.splitlines()[0] if text else ""  # the first line; editors add a newline
+    elif env:
+        if env not in os.environ:
+            raise InvalidInput(field="--bmc-password-env", reason=f"environment variable {env} is not set")
+        secret = os.environ[env]
+    elif stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    elif prompt and sys.stdin.isatty():
+        secret = str(typer.prompt("BMC password", hide_input=True))
+    else:
+        return None
+    if not secret:
+        raise InvalidInput(field=given[0] if given else "bmc password", reason="password is empty")
+    register_secret(secret)
+    return secret
+
+
+def register_secret(secret: str) -> None:
+    """Masked in any message this process prints (lazy: provisioner.secrets loads the settings stack)."""
+    from provisioner import secrets
+
+    secrets.register(secret)
+
+
+PwFileOpt = Annotated[
+    Path | None,
+    typer.Option("--bmc-password-file", help="read the BMC password from the first line of this file", dir_okay=False),
+]
+PwEnvOpt = Annotated[
+    str | None, typer.Option("--bmc-password-env", metavar="VAR", help="read the BMC password from this env variable")
+]
+PwStdinOpt = Annotated[bool, typer.Option("--bmc-password-stdin", help="read the BMC password from standard input")]
+
+
+def bmc_body(
+    kind: str | None,
+    address: str | None,
+    port: int | None,
+    user: str | None,
+    password: str | None,
+) -> dict[str, Any]:
+    bmc: dict[str, Any] = {}
+    if kind is not None:
+        if kind not in BMC_KINDS:
+            raise InvalidInput(field="--bmc-kind", reason=f"must be one of {', '.join(BMC_KINDS)} (got {kind!r})")
+        bmc["kind"] = kind
+    if address is not None:
+        bmc["address"] = check("--bmc-address", validators.validate_address, address)
+    if port is not None:
+        bmc["port"] = check("--bmc-port", validators.validate_port, port)
+    if user is not None:
+        bmc["username"] = user
+    if password is not None:
+        bmc["password"] = password
+    return bmc
+
+
+def nics_body(macs: list[str], boot_mac: str | None) -> list[dict[str, Any]]:
+    normalized = [check("--mac", validators.normalize_mac, m) for m in macs]
+    if len(set(normalized)) != len(normalized):
+        raise InvalidInput(field="--mac", reason="the same MAC is given twice")
+    boot: str | None = normalized[0] if normalized else None
+    if boot_mac:
+        boot = check("--boot-mac", validators.normalize_mac, boot_mac)
+    if boot is not None and boot not in normalized:
+        raise InvalidInput(field="--boot-mac", reason=f"{boot} is not one of the --mac addresses")
+    return [{"mac": m, "boot": m == boot} for m in normalized]
+
+
+def flat_host(h: dict[str, Any]) -> dict[str, Any]:
+    """One table row for a host, whatever nesting the API uses for rack/profile/bmc/nics."""
+    nics = h.get("nics") or []
+    boot = next((n.get("mac") for n in nics if n.get("boot")), None) or (nics[0].get("mac") if nics else None)
+    raw_bmc = h.get("bmc")
+    bmc: dict[str, Any] = raw_bmc if isinstance(raw_bmc, dict) else {}
+    kind = bmc.get("kind") or h.get("bmc_kind")
+    addr = bmc.get("address") or h.get("bmc_address")
+    port = bmc.get("port") or h.get("bmc_port")
+    bmc_s = f"{kind} {addr}:{port}" if addr and port else (f"{kind} {addr}" if addr else kind)
+    return {
+        "name": h.get("name"),
+        "rack": _name_of(h.get("rack")) or h.get("rack_id"),
+        "u": h.get("u_position", h.get("u")),
+        "state": h.get("state"),
+        "power": h.get("power_state"),
+        "profile": _name_of(h.get("profile")) or h.get("profile_id"),
+        "roles": h.get("roles") or [],
+        "boot_mac": boot,
+        "bmc": bmc_s,
+    }
+
+
+def _name_of(v: Any) -> Any:
+    return v.get("name") if isinstance(v, dict) else v
+
+
+def _emit_host(host: dict[str, Any], output: OutputFormat) -> None:
+    if output == OutputFormat.table:
+        emit([flat_host(host)], output, columns=HOST_COLUMNS)
+    else:
+        emit(host, output)
+
+
+# --------------------------------------------------------------------------- commands
+@host_app.command("add")
+@handle_errors
+def add(
+    name: Annotated[str, typer.Argument(help="host name (RFC 1123 label)")],
+    rack: Annotated[str | None, typer.Option("--rack", help="rack name")] = None,
+    u: Annotated[int | None, typer.Option("--u", "--u-position", min=1, help="lowest U the host occupies")] = None,
+    mac: Annotated[list[str] | None, typer.Option("--mac", help="NIC MAC address (repeatable; first boots)")] = None,
+    boot_mac: Annotated[str | None, typer.Option("--boot-mac", help="which --mac network-boots")] = None,
+    bmc_kind: Annotated[str, typer.Option("--bmc-kind", help="ipmi, redfish, libvirt or manual")] = "ipmi",
+    bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="BMC IP address or DNS name")] = None,
+    bmc_port: Annotated[int | None, typer.Option("--bmc-port", help="BMC port (IPMI 623, Redfish 443)")] = None,
+    bmc_user: Annotated[str | None, typer.Option("--bmc-user", help="BMC user name")] = None,
+    bmc_password_file: PwFileOpt = None,
+    bmc_password_env: PwEnvOpt = None,
+    bmc_password_stdin: PwStdinOpt = False,
+    profile: Annotated[str | None, typer.Option("--profile", help="OS profile name")] = None,
+    role: Annotated[list[str] | None, typer.Option("--role", help="role tag (repeatable)")] = None,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """Enrol a host."""
+    body: dict[str, Any] = {"name": check("name", validators.validate_hostname, name)}
+    if rack is not None:
+        body["rack"] = check("--rack", validators.validate_slug, rack)
+    if u is not None:
+        body["u_position"] = u
+    body["nics"] = nics_body(mac or [], boot_mac)
+    needs_pw = bmc_kind in PASSWORD_KINDS and bmc_address is not None
+    password = read_password(bmc_password_file, bmc_password_env, bmc_password_stdin, prompt=needs_pw)
+    body["bmc"] = bmc_body(bmc_kind, bmc_address, bmc_port, bmc_user, password)
+    if profile is not None:
+        body["profile"] = check("--profile", validators.validate_slug, profile)
+    body["roles"] = [check("--role", validators.validate_slug, r) for r in role or []]
+    with client() as c:
+        host = c.post("/api/v1/hosts", json=body)
+    _emit_host(host, output)
+
+
+@host_app.command("list")
+@handle_errors
+def list_(
+    state: Annotated[str | None, typer.Option("--state", help="only hosts in this state")] = None,
+    rack: Annotated[str | None, typer.Option("--rack", help="only hosts in this rack")] = None,
+    role: Annotated[str | None, typer.Option("--role", help="only hosts with this role")] = None,
+    power: Annotated[str | None, typer.Option("--power", "--power-state", help="on, off or unknown")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="sort field, '-' prefix for descending")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="page size")] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    all_pages: Annotated[bool, typer.Option("--all", help="every matching host, page by page")] = False,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """List hosts (filter by state, rack, role, power state)."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    for key, val in (("state", state), ("rack", rack), ("role", role), ("power_state", power), ("sort", sort)):
+        if val:
+            params[key] = val
+    with client() as c:
+        resp = c.get("/api/v1/hosts", params=params)
+        rows = items(resp)
+        total = resp.get("count") if isinstance(resp, dict) else None
+        while all_pages and rows and isinstance(total, int) and offset + len(rows) < total:
+            page = items(c.get("/api/v1/hosts", params={**params, "offset": offset + len(rows)}))
+            if not page:
+                break
+            rows.extend(page)
+    if output != OutputFormat.table:
+        emit(rows, output)
+        return
+    emit([flat_host(h) for h in rows], output, columns=HOST_COLUMNS)
+    if isinstance(total, int) and total > len(rows):
+        typer.echo(f"{len(rows)} of {total} hosts shown (--all, or --offset/--limit, for more)")
+
+
+@host_app.command("show")
+@handle_errors
+def show(name: Annotated[str, typer.Argument(help="host name or id")], output: OutputFormat = OutputOpt) -> None:
+    """Show one host."""
+    with client() as c:
+        host = c.get(host_path(name))
+    emit(host, output)
+
+
+@host_app.command("set")
+@handle_errors
+def set_(
+    name: Annotated[str, typer.Argument(help="host name or id")],
+    rack: Annotated[str | None, typer.Option("--rack", help="move to this rack")] = None,
+    u: Annotated[int | None, typer.Option("--u", "--u-position", min=1)] = None,
+    mac: Annotated[list[str] | None, typer.Option("--mac", help="replace the NICs (repeatable; first boots)")] = None,
+    boot_mac: Annotated[str | None, typer.Option("--boot-mac")] = None,
+    bmc_kind: Annotated[str | None, typer.Option("--bmc-kind")] = None,
+    bmc_address: Annotated[str | None, typer.Option("--bmc-address")] = None,
+    bmc_port: Annotated[int | None, typer.Option("--bmc-port")] = None,
+    bmc_user: Annotated[str | None, typer.Option("--bmc-user")] = None,
+    bmc_password_file: PwFileOpt = None,
+    bmc_password_env: PwEnvOpt = None,
+    bmc_password_stdin: PwStdinOpt = False,
+    profile: Annotated[str | None, typer.Option("--profile")] = None,
+    role: Annotated[list[str] | None, typer.Option("--role", help="replace the roles (repeatable)")] = None,
+    add_role: Annotated[list[str] | None, typer.Option("--add-role", help="add a role (repeatable)")] = None,
+    rm_role: Annotated[list[str] | None, typer.Option("--rm-role", help="remove a role (repeatable)")] = None,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """Change a host's fields; only the options given change."""
+    body: dict[str, Any] = {}
+    if rack is not None:
+        body["rack"] = check("--rack", validators.validate_slug, rack)
+    if u is not None:
+        body["u_position"] = u
+    if mac:
+        body["nics"] = nics_body(mac, boot_mac)
+    elif boot_mac:
+        raise InvalidInput(field="--boot-mac", reason="give the NIC list with --mac as well")
+    password = read_password(bmc_password_file, bmc_password_env, bmc_password_stdin, prompt=False)
+    bmc = bmc_body(bmc_kind, bmc_address, bmc_port, bmc_user, password)
+    if bmc:
+        body["bmc"] = bmc
+    if profile is not None:
+        body["profile"] = check("--profile", validators.validate_slug, profile)
+    if role is not None and (add_role or rm_role):
+        raise InvalidInput(field="--role", reason="use either --role or --add-role/--rm-role")
+    with client() as c:
+        if role is not None:
+            body["roles"] = [check("--role", validators.validate_slug, r) for r in role]
+        elif add_role or rm_role:
+            current = list(c.get(host_path(name)).get("roles") or [])
+            adds = [check("--add-role", validators.validate_slug, r) for r in add_role or []]
+            drops = {check("--rm-role", validators.validate_slug, r) for r in rm_role or []}
+            body["roles"] = [r for r in dict.fromkeys(current + adds) if r not in drops]
+        if not body:
+            raise InvalidInput(field="options", reason="nothing to change")
+        host = c.patch(host_path(name), json=body)
+    _emit_host(host, output)
+
+
+@host_app.command("rm")
+@handle_errors
+def rm(name: Annotated[str, typer.Argument(help="host name or id")]) -> None:
+    """Delete a host (its NICs go with it; its history is kept by the API's rules)."""
+    with client() as c:
+        c.delete(host_path(name))
+    typer.echo(f"host {name} deleted")
+
+
+@host_app.command("history")
+@handle_errors
+def history(
+    name: Annotated[str, typer.Argument(help="host name or id")],
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """A host's event history (state changes, who, when, why)."""
+    with client() as c:
+        rows = items(c.get(host_path(name, "events"), params={"limit": limit, "offset": offset}))
+    emit(rows, output, columns=EVENT_COLUMNS if output == OutputFormat.table else None)
+
+
+def _action(name: str, event: str, reason: str | None, output: OutputFormat) -> None:
+    body = {"event": event, "message": reason} if reason else {"event": event}
+    with client() as c:
+        host = c.post(host_path(name, "transition"), json=body)
+    if output == OutputFormat.table:
+        typer.echo(f"host {host.get('name', name)} is now {host.get('state', '?')}")
+    else:
+        emit(host, output)
+
+
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="recorded in the host's history")]
+NameArg = Annotated[str, typer.Argument(help="host name or id")]
+
+
+@host_app.command("maintain")
+@handle_errors
+def maintain(name: NameArg, reason: ReasonOpt = None, output: OutputFormat = OutputOpt) -> None:
+    """Take a host out of service (maintenance)."""
+    _action(name, "maintain", reason, output)
+
+
+@host_app.command("unmaintain")
+@handle_errors
+def unmaintain(name: NameArg, reason: ReasonOpt = None, output: OutputFormat = OutputOpt) -> None:
+    """Return a host from maintenance to the state it was in."""
+    _action(name, "unmaintain", reason, output)
+
+
+@host_app.command("abort")
+@handle_errors
+def abort(name: NameArg, reason: ReasonOpt = None, output: OutputFormat = OutputOpt) -> None:
+    """Stop the host's current phase (install, configure...); it ends in that phase's failed state."""
+    _action(name, "abort", reason, output)
