@@ -23,6 +23,7 @@ DEV_PKGS=(
   openssh-server sshpass nftables # namespace SSH hosts for Ansible
   debconf-utils cloud-init grub-common  # preseed, cloud-config and grub.cfg validators
   netcat-openbsd wrk bridge-utils iptables
+  docker-compose                  # parses deploy/compose.yaml (no engine needed)
 )
 PKGS=("${RUNTIME_PKGS[@]}")
 [ "$DEV" = 1 ] && PKGS+=("${DEV_PKGS[@]}")

@@ -1,0 +1,147 @@
+"""Power, boot device and BMC verification for one host or a whole rack.
+
+A single-host call answers synchronously with the confirmed state (it is
+bounded by the power service's timeouts). Rack-wide changes run as a task
+by default (``background: true``) so the caller can follow progress through
+``GET /api/v1/tasks/{id}``; ``background: false`` answers with the per-host
+results directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from provisioner import crud
+from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
+from provisioner.conductor import power as power_service
+from provisioner.conductor.tasks import TaskContext, get_runner
+from provisioner.conductor.verify import verify_host
+from provisioner.drivers.power.base import BootDevice, BootSetting, PowerAction
+
+router = APIRouter(tags=["power"])
+
+
+class PowerRequest(BaseModel):
+    action: PowerAction
+    wait: bool = Field(True, description="poll the BMC until it confirms the new state")
+
+
+class RackPowerRequest(PowerRequest):
+    background: bool = Field(True, description="run as a task and answer with its id")
+
+
+class BootDeviceRequest(BaseModel):
+    device: BootDevice
+    persistent: bool = False
+    uefi: bool = False
+
+
+class RackBootDeviceRequest(BootDeviceRequest):
+    background: bool = False
+
+
+def _summary(results: list[power_service.PowerResult]) -> dict[str, Any]:
+    rows = [r.to_dict() for r in results]
+    return {"results": rows, "count": len(rows), "failed": sum(1 for r in results if not r.ok)}
+
+
+@router.get("/hosts/{host}/power")
+def get_host_power(host: str, session: SessionDep, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+    """Ask the BMC now (and record the answer on the host)."""
+    h = crud.get_host(session, host)
+    assert h.id is not None
+    return power_service.get_power(h.id, settings=settings, actor=actor).to_dict()
+
+
+@router.post("/hosts/{host}/power")
+def post_host_power(host: str, body: PowerRequest, session: SessionDep, settings: SettingsDep,
+                    actor: ActorDep) -> dict[str, Any]:
+    h = crud.get_host(session, host)
+    assert h.id is not None
+    return power_service.power_action(h.id, body.action, settings=settings, wait=body.wait, actor=actor).to_dict()
+
+
+@router.put("/hosts/{host}/boot-device")
+def put_host_boot_device(host: str, body: BootDeviceRequest, session: SessionDep, settings: SettingsDep,
+                         actor: ActorDep) -> dict[str, Any]:
+    h = crud.get_host(session, host)
+    assert h.id is not None
+    setting = BootSetting(body.device, persistent=body.persistent, uefi=body.uefi)
+    return power_service.set_boot_device(h.id, setting, settings=settings, actor=actor).to_dict()
+
+
+@router.post("/hosts/{host}/verify")
+def post_host_verify(host: str, session: SessionDep, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+    """enrolled|available|verify-failed -> verifying -> available|verify-failed (answers when done)."""
+    h = crud.get_host(session, host)
+    assert h.id is not None
+    done = verify_host(h.id, settings=settings, actor=actor)
+    return {"host": done.name, "state": done.state, "last_error": done.last_error if done.state != "available"
+            else None, "power_state": done.power_state}
+
+
+def _rack_task(rack_id: int, kind: str, fn: Any, settings: Any, params: dict[str, Any]) -> dict[str, Any]:
+    def run(ctx: TaskContext) -> dict[str, Any]:
+        last = {"pct": -1}
+        lock = threading.Lock()
+
+        def progress(n: int, total: int, _r: power_service.PowerResult) -> None:
+            pct = int(100 * n / total)
+            with lock:  # one row write per percent, not per host (1,000 hosts)
+                if pct == last["pct"] and n != total:
+                    return
+                last["pct"] = pct
+                ctx.progress(pct, step=f"{n}/{total}")
+
+        results = fn(progress=progress, task_id=ctx.task_id)
+        summary = _summary(results)
+        return summary
+
+    task = get_runner(settings).submit(kind, run, rack_id=rack_id, params=params)
+    return {"task_id": task.id, "status": task.status}
+
+
+@router.get("/racks/{rack}/power")
+def get_rack_power(rack: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    r = crud.get_rack(session, rack)
+    return {"rack": r.name, **_summary(power_service.rack_get_power(r.id or 0, settings=settings))}
+
+
+@router.post("/racks/{rack}/power")
+def post_rack_power(rack: str, body: RackPowerRequest, session: SessionDep, settings: SettingsDep,
+                    actor: ActorDep) -> dict[str, Any]:
+    r = crud.get_rack(session, rack)
+    assert r.id is not None
+    rid = r.id
+
+    def fn(progress: Any = None, task_id: int | None = None) -> list[power_service.PowerResult]:
+        return power_service.rack_power_action(rid, body.action, settings=settings, wait=body.wait, actor=actor,
+                                               task_id=task_id, progress=progress)
+
+    if body.background:
+        return {"rack": r.name, **_rack_task(rid, "rack-power", fn, settings,
+                                             {"action": body.action.value, "wait": body.wait})}
+    return {"rack": r.name, **_summary(fn())}
+
+
+@router.put("/racks/{rack}/boot-device")
+def put_rack_boot_device(rack: str, body: RackBootDeviceRequest, session: SessionDep, settings: SettingsDep,
+                         actor: ActorDep) -> dict[str, Any]:
+    r = crud.get_rack(session, rack)
+    assert r.id is not None
+    rid = r.id
+    setting = BootSetting(body.device, persistent=body.persistent, uefi=body.uefi)
+
+    def fn(progress: Any = None, task_id: int | None = None) -> list[power_service.PowerResult]:
+        return power_service.rack_set_boot_device(rid, setting, settings=settings, actor=actor, task_id=task_id,
+                                                  progress=progress)
+
+    if body.background:
+        return {"rack": r.name, **_rack_task(rid, "rack-boot-device", fn, settings,
+                                             {"device": body.device.value, "persistent": body.persistent,
+                                              "uefi": body.uefi})}
+    return {"rack": r.name, **_summary(fn())}
