@@ -1,0 +1,221 @@
+"""``prov vm create|list|show|start|stop|rm|console``: KVM guests through the REST API.
+
+``--host`` names the KVM host (an enrolled host, or ``local`` for the
+controller's own libvirt). ``create --dry-run`` runs every check (pre-flight
+verdict, nested, free memory, duplicate name/MAC, unknown pool/network) and
+prints the domain XML without defining anything.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+
+from provisioner.cli.groups import vm_app
+from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, handle_errors
+from provisioner.errors import InvalidInput
+
+GUEST_COLUMNS = ["name", "state", "virt_type", "vcpus", "memory_mib", "macs", "managed"]
+HostOpt = typer.Option("local", "--host", "-H", help="KVM host: an enrolled host or 'local' (the controller)")
+
+
+class VirtTypeOpt(enum.StrEnum):
+    kvm = "kvm"
+    qemu = "qemu"
+
+
+class CpuModeOpt(enum.StrEnum):
+    host_passthrough = "host-passthrough"
+    host_model = "host-model"
+    maximum = "maximum"
+
+
+class FirmwareOpt(enum.StrEnum):
+    bios = "bios"
+    uefi = "uefi"
+
+
+class BusOpt(enum.StrEnum):
+    virtio_blk = "virtio-blk"
+    virtio_scsi = "virtio-scsi"
+
+
+def _path(host: str, *rest: str) -> str:
+    return "/".join([f"/api/v1/hosts/{quote(host, safe='')}/guests", *(quote(r, safe='') for r in rest)])
+
+
+def build_spec(
+    name: str, *, memory: int, vcpus: int, virt_type: str, cpu_mode: str | None, firmware: str,
+    disk_size: float | None, disk_bus: str, pool: str | None, backing: str | None, network: str | None,
+    bridge: str | None, mac: str | None, ip: str | None, nested: bool, kernel: str | None, initrd: str | None,
+    cmdline: str, boot: list[str] | None, console_log: str | None,
+    user_data: str | None = None, network_config: str | None = None,
+) -> dict[str, Any]:
+    """The request body (a GuestSpec) from the command-line options."""
+    spec: dict[str, Any] = {"name": name, "memory_mib": memory, "vcpus": vcpus, "virt_type": virt_type,
+                            "firmware": firmware, "nested": nested}
+    if cpu_mode:
+        spec["cpu_mode"] = cpu_mode
+    if disk_size:
+        disk: dict[str, Any] = {"size_gib": disk_size, "bus": disk_bus}
+        if pool:
+            disk["pool"] = pool
+        if backing:
+            disk["backing_image"] = backing
+        spec["disks"] = [disk]
+    if bridge and network:
+        raise InvalidInput(field="--network/--bridge", reason="give one of them")
+    # neither: the KVM host's default network (the controller's virt_network, created on demand)
+    nic: dict[str, Any] = {"bridge": bridge} if bridge else ({"network": network} if network else {})
+    if mac:
+        nic["mac"] = mac
+    if ip:
+        nic["ip"] = ip
+    spec["nics"] = [nic]
+    if kernel:
+        spec["direct_boot"] = {"kernel": kernel, "initrd": initrd, "cmdline": cmdline}
+    if boot:
+        spec["boot"] = boot
+    if console_log:
+        spec["console_log"] = console_log
+    if user_data is not None or network_config is not None:
+        seed: dict[str, Any] = {}
+        if user_data is not None:
+            seed["user_data"] = user_data
+        if network_config is not None:
+            seed["network_config"] = network_config
+        spec["seed"] = seed
+    return spec
+
+
+@vm_app.command("create")
+@handle_errors
+def create(
+    name: str,
+    memory: Annotated[int, typer.Option("--memory", "-m", help="MiB")] = 512,
+    vcpus: Annotated[int, typer.Option("--vcpus", "-c")] = 1,
+    virt_type: Annotated[VirtTypeOpt, typer.Option("--virt-type", help="kvm, or qemu (TCG) explicitly")] = (
+        VirtTypeOpt.kvm
+    ),
+    host: str = HostOpt,
+    cpu_mode: Annotated[CpuModeOpt | None, typer.Option("--cpu-mode")] = None,
+    firmware: Annotated[FirmwareOpt, typer.Option("--firmware")] = FirmwareOpt.bios,
+    disk_size: Annotated[float | None, typer.Option("--disk-size", help="GiB (no disk when omitted)")] = None,
+    disk_bus: Annotated[BusOpt, typer.Option("--disk-bus")] = BusOpt.virtio_blk,
+    pool: Annotated[str | None, typer.Option("--pool", help="storage pool (default: the controller's)")] = None,
+    backing: Annotated[str | None, typer.Option("--backing", help="backing image volume or path")] = None,
+    network: Annotated[str | None, typer.Option("--network", "-n", help="libvirt network (default: host's)")] = None,
+    bridge: Annotated[str | None, typer.Option("--bridge", help="host bridge instead of a network")] = None,
+    mac: Annotated[str | None, typer.Option("--mac", help="fixed MAC (reserved in the network's DHCP)")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="reserved address (default: the next free one)")] = None,
+    nested: Annotated[bool, typer.Option("--nested", help="expose VT-x/AMD-V to the guest")] = False,
+    kernel: Annotated[str | None, typer.Option("--kernel", help="direct kernel boot")] = None,
+    initrd: Annotated[str | None, typer.Option("--initrd")] = None,
+    cmdline: Annotated[str, typer.Option("--cmdline")] = "console=ttyS0",
+    boot: Annotated[list[str] | None, typer.Option("--boot", help="hd, network, cdrom (repeat for order)")] = None,
+    console_log: Annotated[str | None, typer.Option("--console-log", help="serial log file on the KVM host")] = None,
+    user_data: Annotated[Path | None, typer.Option("--user-data", help="cloud-init user-data file (NoCloud seed)",
+                                                   exists=True, dir_okay=False)] = None,
+    network_config: Annotated[Path | None, typer.Option("--network-config", help="cloud-init network-config file",
+                                                        exists=True, dir_okay=False)] = None,
+    no_start: Annotated[bool, typer.Option("--no-start", help="define only")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="run every check, print the XML, define nothing")] = False,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """Create (and start) a guest."""
+    spec = build_spec(
+        name, memory=memory, vcpus=vcpus, virt_type=virt_type.value, cpu_mode=cpu_mode.value if cpu_mode else None,
+        firmware=firmware.value, disk_size=disk_size, disk_bus=disk_bus.value, pool=pool, backing=backing,
+        network=network, bridge=bridge, mac=mac, ip=ip, nested=nested, kernel=kernel, initrd=initrd,
+        cmdline=cmdline, boot=boot, console_log=console_log,
+        user_data=user_data.read_text() if user_data else None,
+        network_config=network_config.read_text() if network_config else None,
+    )
+    params = {"dry_run": str(dry_run).lower(), "start": str(not no_start).lower()}
+    data = client().request("POST", _path(host), json=spec, params=params)
+    if dry_run and output == OutputFormat.table:
+        sys.stdout.write(data["xml"])
+        for w in data.get("warnings", []):
+            console.print(f"warning: {w}", markup=False, highlight=False)
+        return
+    emit(_row(data) if output == OutputFormat.table else data, output)
+
+
+def _row(g: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": g.get("name"), "state": g.get("state"), "virt_type": g.get("virt_type"), "vcpus": g.get("vcpus"),
+        "memory_mib": g.get("memory_mib"),
+        "macs": [f"{n.get('mac')}" + (f"={n['ip']}" if n.get("ip") else "") for n in g.get("nics", [])],
+        "managed": g.get("managed"),
+    }
+
+
+@vm_app.command("list")
+@handle_errors
+def list_(host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+    """Guests on a KVM host."""
+    data = client().request("GET", _path(host))
+    rows = data["data"]
+    emit([_row(g) for g in rows] if output == OutputFormat.table else rows, output, columns=GUEST_COLUMNS)
+
+
+@vm_app.command("show")
+@handle_errors
+def show(name: str, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+    """One guest: state, devices, addresses, console log file."""
+    emit(client().request("GET", _path(host, name)), output)
+
+
+@vm_app.command("start")
+@handle_errors
+def start(name: str, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+    emit(client().request("POST", _path(host, name, "start")), output)
+
+
+@vm_app.command("stop")
+@handle_errors
+def stop(
+    name: str,
+    host: str = HostOpt,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds of ACPI shutdown before destroy")] = 60.0,
+    force: Annotated[bool, typer.Option("--force", help="destroy at once")] = False,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """Graceful shutdown, then destroy after --timeout."""
+    emit(client().request("POST", _path(host, name, "stop"), json={"timeout": timeout, "force": force}), output)
+
+
+@vm_app.command("reboot")
+@handle_errors
+def reboot(name: str, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+    emit(client().request("POST", _path(host, name, "reboot")), output)
+
+
+@vm_app.command("rm")
+@handle_errors
+def rm(
+    name: str,
+    host: str = HostOpt,
+    keep_volumes: Annotated[bool, typer.Option("--keep-volumes")] = False,
+    output: OutputFormat = OutputOpt,
+) -> None:
+    """Destroy and undefine a guest, deleting its volumes and DHCP reservations."""
+    params = {"volumes": str(not keep_volumes).lower()}
+    emit(client().request("DELETE", _path(host, name), params=params), output)
+
+
+@vm_app.command("console")
+@handle_errors
+def console_(
+    name: str,
+    host: str = HostOpt,
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+) -> None:
+    """The tail of the guest's serial console log."""
+    data = client().request("GET", _path(host, name, "console"), params={"lines": lines})
+    sys.stdout.write("".join(line + "\n" for line in data["lines"]))
