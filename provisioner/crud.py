@@ -5,18 +5,47 @@ Lookups accept a numeric id or a name, so the CLI and API can say ``web01``.
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+import logging
+from datetime import datetime
+from typing import Any
 
-from provisioner.errors import NotFound
-from provisioner.models import Host, Nic, Profile, Rack
+from sqlalchemy import Text, cast, delete, func
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from provisioner import lifecycle, secrets
+from provisioner import states as S
+from provisioner.errors import Conflict, InvalidInput, NotFound
+from provisioner.models import Event, Host, Nic, Profile, Rack, Task, utcnow
+from provisioner.schemas import (
+    DEFAULT_BMC_PORT,
+    HOST_SORT_KEYS,
+    HostCreate,
+    HostPublic,
+    HostUpdate,
+    ProfileCreate,
+    ProfileUpdate,
+    RackCreate,
+    RackPublic,
+    RackUpdate,
+)
+from provisioner.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _by_ident(session: Session, model: type, ident: str | int, kind: str):  # type: ignore[no-untyped-def]
     row = None
-    if isinstance(ident, int) or (isinstance(ident, str) and ident.isdigit()):
+    # Ids are 32-bit integer columns: a larger number (or a non-ASCII digit) cannot be an id,
+    # and asking PostgreSQL for one would be an "integer out of range" error.
+    is_num = isinstance(ident, int) or (isinstance(ident, str) and ident.isascii() and ident.isdigit())
+    if is_num and 0 < int(ident) < 2**31:
         row = session.get(model, int(ident))
     if row is None and isinstance(ident, str):
-        row = session.exec(select(model).where(model.name == ident)).first()
+        row = session.exec(select(model).where(model.name == ident)).first()  # type: ignore[attr-defined]
+        if row is None and ident != ident.lower():  # names are stored lower-case (validators.py)
+            row = session.exec(select(model).where(model.name == ident.lower())).first()  # type: ignore[attr-defined]
     if row is None:
         raise NotFound(kind=kind, name=str(ident))
     return row
@@ -45,3 +74,442 @@ def host_by_mac(session: Session, *, mac: str) -> Host | None:
 
 def rack_hosts(session: Session, *, rack_id: int) -> list[Host]:
     return list(session.exec(select(Host).where(Host.rack_id == rack_id).order_by(Host.name)).all())
+
+
+# =========================================================================== writes, listings
+# Everything below raises provisioner.errors classes only: NotFound (404),
+# Conflict (409, naming the field) and InvalidInput (422, naming the field).
+
+def _conflict_from_integrity(exc: IntegrityError) -> Conflict:
+    """A unique index fired after our pre-checks (a concurrent insert won): still a 409."""
+    text = str(exc.orig).lower()
+    for needle, field in (("mac", "nics.mac"), ("bmc", "bmc.address"), ("name", "name")):
+        if needle in text:
+            return Conflict(reason=f"{field} already in use (concurrent change)", field=field)
+    return Conflict(reason="conflicts with an existing row", field="body")
+
+
+def _commit(session: Session) -> None:
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise _conflict_from_integrity(exc) from None
+
+
+# --------------------------------------------------------------------------- racks
+def list_racks(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[list[RackPublic], int]:
+    total = session.exec(select(func.count()).select_from(Rack)).one()
+    racks = list(session.exec(select(Rack).order_by(Rack.name).limit(limit).offset(offset)).all())  # type: ignore[arg-type]
+    counts: dict[int, int] = {}
+    if racks:
+        rows = session.exec(
+            select(Host.rack_id, func.count())
+            .where(col(Host.rack_id).in_([r.id for r in racks]))
+            .group_by(Host.rack_id)  # type: ignore[arg-type]
+        ).all()
+        counts = {int(rid): int(n) for rid, n in rows if rid is not None}
+    return [rack_public(r, counts.get(r.id or 0, 0)) for r in racks], int(total)
+
+
+def rack_public(rack: Rack, host_count: int) -> RackPublic:
+    return RackPublic(id=rack.id or 0, name=rack.name, site=rack.site, size_u=rack.size_u,
+                      host_count=host_count, created_at=rack.created_at)
+
+
+def rack_host_count(session: Session, *, rack_id: int) -> int:
+    return int(session.exec(select(func.count()).select_from(Host).where(Host.rack_id == rack_id)).one())
+
+
+def create_rack(session: Session, *, data: RackCreate) -> Rack:
+    if session.exec(select(Rack.id).where(Rack.name == data.name)).first() is not None:
+        raise Conflict(reason=f"rack {data.name!r} already exists", field="name")
+    rack = Rack(name=data.name, site=data.site, size_u=data.size_u)
+    session.add(rack)
+    _commit(session)
+    session.refresh(rack)
+    return rack
+
+
+def update_rack(session: Session, rack: Rack, *, data: RackUpdate) -> Rack:
+    if data.size_u is not None and rack.id is not None:
+        top = session.exec(select(func.max(Host.u_position)).where(Host.rack_id == rack.id)).one()
+        if top is not None and top > data.size_u:
+            raise InvalidInput(field="size_u", reason=f"a host sits at U{top}, above the new size {data.size_u}")
+    for key, value in data.model_dump(exclude_unset=True, exclude_none=True).items():
+        setattr(rack, key, value)
+    session.add(rack)
+    _commit(session)
+    session.refresh(rack)
+    return rack
+
+
+def delete_rack(session: Session, rack: Rack) -> None:
+    n = rack_host_count(session, rack_id=rack.id or 0)
+    if n:
+        raise Conflict(reason=f"rack {rack.name!r} still holds {n} host(s); move or delete them first",
+                       field="rack", host_count=n)
+    session.delete(rack)
+    _commit(session)
+
+
+# --------------------------------------------------------------------------- profiles
+def list_profiles(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[list[Profile], int]:
+    total = session.exec(select(func.count()).select_from(Profile)).one()
+    rows = session.exec(select(Profile).order_by(Profile.name).limit(limit).offset(offset)).all()  # type: ignore[arg-type]
+    return list(rows), int(total)
+
+
+def create_profile(session: Session, *, data: ProfileCreate) -> Profile:
+    if session.exec(select(Profile.id).where(Profile.name == data.name)).first() is not None:
+        raise Conflict(reason=f"profile {data.name!r} already exists", field="name")
+    profile = Profile(**data.model_dump())
+    session.add(profile)
+    _commit(session)
+    session.refresh(profile)
+    return profile
+
+
+def update_profile(session: Session, profile: Profile, *, data: ProfileUpdate) -> Profile:
+    for key, value in data.model_dump(exclude_unset=True, exclude_none=True).items():
+        setattr(profile, key, value)
+    session.add(profile)
+    _commit(session)
+    session.refresh(profile)
+    return profile
+
+
+def delete_profile(session: Session, profile: Profile) -> None:
+    n = session.exec(select(func.count()).select_from(Host).where(Host.profile_id == profile.id)).one()
+    if n:
+        raise Conflict(reason=f"profile {profile.name!r} is used by {n} host(s)", field="profile", host_count=int(n))
+    session.delete(profile)
+    _commit(session)
+
+
+# --------------------------------------------------------------------------- hosts
+def _rack_id(session: Session, name: str | None, field: str = "rack") -> int | None:
+    if name is None:
+        return None
+    rid = session.exec(select(Rack.id).where(Rack.name == name)).first()
+    if rid is None:
+        raise InvalidInput(field=field, reason=f"unknown rack {name!r}")
+    return int(rid)
+
+
+def _profile_id(session: Session, name: str | None, field: str = "profile") -> int | None:
+    if name is None:
+        return None
+    pid = session.exec(select(Profile.id).where(Profile.name == name)).first()
+    if pid is None:
+        raise InvalidInput(field=field, reason=f"unknown profile {name!r}")
+    return int(pid)
+
+
+def _check_u(session: Session, rack_id: int | None, u: int | None) -> None:
+    if rack_id is None or u is None:
+        return
+    rack = session.get(Rack, rack_id)
+    if rack is not None and u > rack.size_u:
+        raise InvalidInput(field="u_position", reason=f"U{u} is outside rack {rack.name!r} ({rack.size_u}U)")
+
+
+def _check_macs(session: Session, macs: list[str], host_id: int | None) -> None:
+    if not macs:
+        return
+    q = select(Nic.mac, Host.name).join(Host, col(Host.id) == col(Nic.host_id)).where(col(Nic.mac).in_(macs))
+    if host_id is not None:
+        q = q.where(Nic.host_id != host_id)
+    clash = session.exec(q).first()
+    if clash is not None:
+        i = macs.index(clash[0])
+        raise Conflict(reason=f"MAC {clash[0]} already belongs to host {clash[1]!r}", field=f"nics[{i}].mac",
+                       host=clash[1])
+
+
+def _check_bmc(session: Session, address: str | None, port: int | None, host_id: int | None) -> None:
+    if address is None or port is None:
+        return
+    q = select(Host.name).where(Host.bmc_address == address, Host.bmc_port == port)
+    if host_id is not None:
+        q = q.where(Host.id != host_id)
+    other = session.exec(q).first()
+    if other is not None:
+        raise Conflict(reason=f"BMC {address}:{port} already belongs to host {other!r}", field="bmc.address",
+                       host=other)
+
+
+def create_host(session: Session, *, data: HostCreate, actor: str = "system",
+                settings: Settings | None = None) -> Host:
+    if session.exec(select(Host.id).where(Host.name == data.name)).first() is not None:
+        raise Conflict(reason=f"host {data.name!r} already exists", field="name")
+    rack_id = _rack_id(session, data.rack)
+    profile_id = _profile_id(session, data.profile)
+    _check_u(session, rack_id, data.u_position)
+    _check_macs(session, [n.mac for n in data.nics], None)
+    bmc = data.bmc
+    port = bmc.port if bmc.port is not None else (DEFAULT_BMC_PORT.get(bmc.kind) if bmc.address else None)
+    _check_bmc(session, bmc.address, port, None)
+    host = Host(
+        name=data.name,
+        rack_id=rack_id,
+        u_position=data.u_position,
+        roles=list(data.roles),
+        profile_id=profile_id,
+        bmc_kind=bmc.kind,
+        bmc_address=bmc.address,
+        bmc_port=port,
+        bmc_username=bmc.username,
+        bmc_password_enc=secrets.encrypt(bmc.password, settings) if bmc.password else None,
+        bmc_options=dict(bmc.options),
+        netboot=data.netboot,
+        ip_address=data.ip_address,
+    )
+    session.add(host)
+    try:
+        session.flush()
+        for nic in data.nics:
+            session.add(Nic(host_id=host.id or 0, mac=nic.mac, name=nic.name, boot=nic.boot, ip=nic.ip))
+        session.add(Event(host_id=host.id, to_state=host.state, event="enroll", actor=actor,
+                          message=f"host {host.name} enrolled"))
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise _conflict_from_integrity(exc) from None
+    session.refresh(host)
+    log.info("host %s enrolled by %s", host.name, actor, extra={"host": host.name})
+    return host
+
+
+def update_host(session: Session, host: Host, *, data: HostUpdate, settings: Settings | None = None) -> Host:
+    fields = data.model_fields_set
+    if "rack" in fields:
+        host.rack_id = _rack_id(session, data.rack)
+    if "profile" in fields:
+        host.profile_id = _profile_id(session, data.profile)
+    if "u_position" in fields:
+        host.u_position = data.u_position
+    _check_u(session, host.rack_id, host.u_position)
+    if data.roles is not None:
+        host.roles = list(data.roles)
+    if data.netboot is not None:
+        host.netboot = data.netboot
+    if "ip_address" in fields:
+        host.ip_address = data.ip_address
+    if data.bmc is not None:
+        b = data.bmc
+        bf = b.model_fields_set
+        if b.kind is not None:
+            host.bmc_kind = b.kind
+        if "address" in bf:
+            host.bmc_address = b.address
+        if "port" in bf:
+            host.bmc_port = b.port
+        if host.bmc_address and host.bmc_port is None:
+            host.bmc_port = DEFAULT_BMC_PORT.get(host.bmc_kind)
+        if "username" in bf:
+            host.bmc_username = b.username
+        if "password" in bf:
+            host.bmc_password_enc = secrets.encrypt(b.password, settings) if b.password else None
+        if b.options is not None:
+            host.bmc_options = dict(b.options)
+        _check_bmc(session, host.bmc_address, host.bmc_port, host.id)
+    if data.nics is not None:
+        _check_macs(session, [n.mac for n in data.nics], host.id)
+    host.updated_at = utcnow()
+    session.add(host)
+    try:
+        if data.nics is not None:
+            session.execute(delete(Nic).where(col(Nic.host_id) == host.id))
+            session.flush()
+            for nic in data.nics:
+                session.add(Nic(host_id=host.id or 0, mac=nic.mac, name=nic.name, boot=nic.boot, ip=nic.ip))
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise _conflict_from_integrity(exc) from None
+    session.refresh(host)
+    return host
+
+
+def delete_host(session: Session, host: Host) -> None:
+    if host.state in S.TRANSIENT:
+        raise Conflict(
+            reason=f"host {host.name} is {host.state}: abort or wait for the running phase before deleting it",
+            field="state", current_state=host.state, allowed_events=lifecycle.allowed_events(host.state),
+        )
+    session.execute(delete(Nic).where(col(Nic.host_id) == host.id))
+    session.execute(delete(Event).where(col(Event.host_id) == host.id))
+    session.delete(host)
+    _commit(session)
+    log.info("host %s deleted", host.name, extra={"host": host.name})
+
+
+def _host_filters(
+    *, state: str | None = None, rack: str | None = None, role: str | None = None,
+    power_state: str | None = None, profile: str | None = None, name: str | None = None,
+) -> list[Any]:
+    conds: list[Any] = []
+    if state is not None:
+        conds.append(Host.state == state)
+    if power_state is not None:
+        conds.append(Host.power_state == power_state)
+    if rack is not None:
+        conds.append(col(Host.rack_id).in_(select(Rack.id).where(Rack.name == rack)))
+    if profile is not None:
+        conds.append(col(Host.profile_id).in_(select(Profile.id).where(Profile.name == profile)))
+    if role is not None:
+        # roles is a JSON list of slugs (no quotes possible), stored as its JSON text on both
+        # back ends, so a LIKE on '"role"' matches one whole element portably.
+        esc = role.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(cast(Host.__table__.c.roles, Text).like(f'%"{esc}"%', escape="\\"))  # type: ignore[attr-defined]
+    if name is not None:
+        esc = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(col(Host.name).like(f"{esc}%", escape="\\"))
+    return conds
+
+
+def list_hosts(
+    session: Session, *, state: str | None = None, rack: str | None = None, role: str | None = None,
+    power_state: str | None = None, profile: str | None = None, name: str | None = None,
+    sort: str = "name", limit: int = 100, offset: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of hosts (HostPublic-shaped dicts) with NICs, rack and profile names, in a fixed number of
+    queries. Dicts, not models: the route serialises them once (see routes/hosts.py)."""
+    desc = sort.startswith("-")
+    key = sort.lstrip("-+")
+    if key not in HOST_SORT_KEYS:
+        raise InvalidInput(field="sort", reason=f"cannot sort by {key!r} (one of {', '.join(HOST_SORT_KEYS)})")
+    conds = _host_filters(state=state, rack=rack, role=role, power_state=power_state, profile=profile, name=name)
+    column = getattr(Host, key)
+    order = [column.desc() if desc else column.asc()]
+    if key not in ("id", "name"):  # names are unique; other keys need a tie-break for stable pages
+        order.append(col(Host.id).desc() if desc else col(Host.id).asc())
+    total = session.exec(select(func.count()).select_from(Host).where(*conds)).one()
+    # Plain rows, not ORM objects: a listing only reads, and hydrating 100 Host objects
+    # costs more than the queries themselves (bench/api).
+    table = Host.__table__  # type: ignore[attr-defined]
+    rows = session.execute(
+        sa_select(*[table.c[c] for c in _PUBLIC_COLUMNS]).where(*conds).order_by(*order).limit(limit).offset(offset)
+    ).all()
+    return _public_dicts(session, list(rows)), int(total)
+
+
+# Host columns HostPublic needs (never the password or install token).
+_PUBLIC_COLUMNS = (
+    "id", "name", "rack_id", "u_position", "roles", "profile_id", "state", "state_entered_at", "state_deadline",
+    "maintenance_from", "last_error", "power_state", "power_checked_at", "bmc_kind", "bmc_address", "bmc_port",
+    "bmc_username", "bmc_password_enc", "bmc_options", "bmc_reachable", "bmc_error", "netboot", "ip_address",
+    "installed_at", "version", "created_at", "updated_at",
+)
+
+
+def _public_dicts(session: Session, hosts: list[Any]) -> list[dict[str, Any]]:
+    """HostPublic dicts for many hosts (ORM objects or rows): 3 extra queries whatever the page size (no N+1)."""
+    if not hosts:
+        return []
+    ids = [h.id for h in hosts]
+    nics: dict[int, list[dict[str, Any]]] = {}
+    nic_t = Nic.__table__  # type: ignore[attr-defined]
+    for n in session.execute(
+        sa_select(nic_t.c.host_id, nic_t.c.mac, nic_t.c.name, nic_t.c.boot, nic_t.c.ip)
+        .where(nic_t.c.host_id.in_(ids)).order_by(nic_t.c.id)
+    ).all():
+        nics.setdefault(n.host_id, []).append({"mac": n.mac, "name": n.name, "boot": n.boot, "ip": n.ip})
+    rack_ids = {h.rack_id for h in hosts if h.rack_id is not None}
+    racks = dict(session.exec(select(Rack.id, Rack.name).where(col(Rack.id).in_(rack_ids))).all()) if rack_ids else {}
+    prof_ids = {h.profile_id for h in hosts if h.profile_id is not None}
+    profs = (dict(session.exec(select(Profile.id, Profile.name).where(col(Profile.id).in_(prof_ids))).all())
+             if prof_ids else {})
+    return [_public(h, nics.get(h.id or 0, []), racks.get(h.rack_id), profs.get(h.profile_id)) for h in hosts]
+
+
+def hosts_public(session: Session, hosts: list[Any]) -> list[HostPublic]:
+    return [HostPublic.model_validate(d) for d in _public_dicts(session, hosts)]
+
+
+def host_public(session: Session, host: Host) -> HostPublic:
+    return hosts_public(session, [host])[0]
+
+
+_ALLOWED = {state: lifecycle.allowed_events(state) for state in S.ALL}
+
+
+def _iso(dt: datetime | None) -> str | None:
+    # The same text pydantic writes for an aware UTC datetime.
+    return dt.isoformat().replace("+00:00", "Z") if dt is not None else None
+
+
+def _public(host: Any, nics: list[dict[str, Any]], rack: str | None, profile: str | None) -> dict[str, Any]:
+    """A HostPublic-shaped dict built straight from our own (already validated) columns."""
+    return {
+        "id": host.id or 0,
+        "name": host.name,
+        "rack": rack,
+        "u_position": host.u_position,
+        "roles": list(host.roles or []),
+        "profile": profile,
+        "state": host.state,
+        "state_entered_at": _iso(host.state_entered_at),
+        "state_deadline": _iso(host.state_deadline),
+        "maintenance_from": host.maintenance_from,
+        "last_error": secrets.mask(host.last_error) if host.last_error else None,
+        "power_state": host.power_state,
+        "power_checked_at": _iso(host.power_checked_at),
+        "bmc": {
+            "kind": host.bmc_kind, "address": host.bmc_address, "port": host.bmc_port,
+            "username": host.bmc_username, "password_set": bool(host.bmc_password_enc),
+            "options": dict(host.bmc_options or {}), "reachable": host.bmc_reachable,
+            "error": secrets.mask(host.bmc_error) if host.bmc_error else None,
+        },
+        "nics": nics,
+        "netboot": host.netboot,
+        "ip_address": host.ip_address,
+        "installed_at": _iso(host.installed_at),
+        "version": host.version,
+        "allowed_events": list(_ALLOWED.get(host.state) or lifecycle.allowed_events(host.state)),
+        "created_at": _iso(host.created_at),
+        "updated_at": _iso(host.updated_at),
+    }
+
+
+def host_state_counts(session: Session) -> dict[str, int]:
+    rows = session.exec(select(Host.state, func.count()).group_by(Host.state)).all()  # type: ignore[arg-type]
+    return {str(s): int(n) for s, n in rows}
+
+
+# --------------------------------------------------------------------------- tasks and events
+def list_tasks(
+    session: Session, *, host_id: int | None = None, status: str | None = None, kind: str | None = None,
+    limit: int = 100, offset: int = 0,
+) -> tuple[list[Task], int]:
+    conds: list[Any] = []
+    if host_id is not None:
+        conds.append(Task.host_id == host_id)
+    if status is not None:
+        conds.append(Task.status == status)
+    if kind is not None:
+        conds.append(Task.kind == kind)
+    total = session.exec(select(func.count()).select_from(Task).where(*conds)).one()
+    rows = session.exec(select(Task).where(*conds).order_by(col(Task.id).desc()).limit(limit).offset(offset)).all()
+    return list(rows), int(total)
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id) if 0 < task_id < 2**31 else None
+    if task is None:
+        raise NotFound(kind="task", name=str(task_id))
+    return task
+
+
+def list_events(
+    session: Session, *, host_id: int | None = None, event: str | None = None, limit: int = 100, offset: int = 0,
+) -> tuple[list[Event], int]:
+    conds: list[Any] = []
+    if host_id is not None:
+        conds.append(Event.host_id == host_id)
+    if event is not None:
+        conds.append(Event.event == event)
+    total = session.exec(select(func.count()).select_from(Event).where(*conds)).one()
+    rows = session.exec(select(Event).where(*conds).order_by(col(Event.id).asc()).limit(limit).offset(offset)).all()
+    return list(rows), int(total)

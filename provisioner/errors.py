@@ -156,3 +156,10 @@ class BootError(DriverError):
 class ConfigRunError(DriverError):
     code = "config_error"
     template = "{reason}"
+
+
+class LabError(DriverError):
+    """The virtual lab (``prov lab``) could not be built, inspected or removed."""
+
+    code = "lab_error"
+    template = "lab: {reason}"

@@ -117,7 +117,7 @@ def target_of(host: Host, event: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)  # aware: sqlmodel's UTCDateTime columns refuse naive values
 
 
 def advance(
@@ -177,5 +177,5 @@ def advance(
     session.commit()
     session.refresh(host)
     log.info("host %s moved from %s to %s because %s%s", host.name, old_state, new_state, event,
-             f": {message}" if message else "")
+             f": {message}" if message else "", extra={"host": host.name, "task": task_id})
     return host

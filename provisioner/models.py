@@ -19,7 +19,9 @@ from provisioner import states as S
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    # Aware UTC: sqlmodel's UTCDateTime columns refuse naive datetimes on write and
+    # return aware UTC on read, on SQLite and PostgreSQL alike.
+    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- racks
@@ -57,6 +59,12 @@ class Host(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("bmc_address", "bmc_port", name="uq_host_bmc_endpoint"),
         Index("ix_host_state", "state"),
+        # listing filters and sort keys; sorts add ``id`` as the tie-break, so the index
+        # carries it too and a page is an index walk, not a sort of every row (bench/api).
+        # No index on power_state: three values, so walking the sort index and filtering wins.
+        Index("ix_host_updated_at", "updated_at", "id"),
+        Index("ix_host_created_at", "created_at", "id"),
+        Index("ix_host_profile_id", "profile_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -153,3 +161,25 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     last_used_at: datetime | None = None
     revoked: bool = Field(default=False)
+
+
+# --------------------------------------------------------------------------- GitOps
+class InventoryApply(SQLModel, table=True):
+    """One ``prov apply``: the inventory it applied (no secrets) and where it came from.
+
+    The newest row is "the last applied inventory" that drift detection compares with.
+    """
+
+    __tablename__ = "inventory_apply"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(default="", max_length=1024)  # file path or git URL
+    commit: str | None = Field(default=None, max_length=64)
+    inventory_digest: str = Field(default="", max_length=64)
+    document: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    objects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # per object: scrypt fingerprint of the BMC password and a digest of the config it got
+    fingerprints: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    ok: bool = Field(default=True)
+    actor: str = Field(default="", max_length=256)
+    created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -91,8 +91,23 @@ class Settings(BaseSettings):
     configure_timeout: float = 3600.0
     ssh_wait_timeout: float = 900.0
 
+    # Configuration (Ansible): the account and key prov connects with, and how
+    # many hosts one run works on at once.
+    ansible_user: str = "prov"
+    ansible_ssh_key: Path | None = None  # default: {data_dir}/ssh/id_ed25519, created on first use
+    ansible_forks: int = 16
+
     # Install tokens
     install_token_ttl: float = 7200.0
+
+    # KVM guests (drivers/virt): the controller's own libvirt ("--host local"), where guests'
+    # serial logs go (default /var/log/libvirt/qemu), and the NAT network/pool made on demand.
+    virt_uri: str = "qemu:///system"
+    virt_console_dir: str | None = None
+    virt_network: str = "prov-nat"
+    virt_network_subnet: str = "192.168.212.0/24"
+    virt_pool: str = "prov"
+    virt_pool_dir: str = "/var/lib/libvirt/images/prov"
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -17,10 +17,13 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import provisioner.api.routes as routes_pkg
 from provisioner import __version__
 from provisioner.api.deps import require_token
+from provisioner.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from provisioner.errors import ProvError
 from provisioner.secrets import mask
 from provisioner.settings import Settings, get_settings
@@ -62,6 +65,28 @@ def _prov_error_handler(_request: Request, exc: ProvError) -> JSONResponse:
     return JSONResponse(status_code=exc.http_status, content=body)
 
 
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "body_too_large", 415: "unsupported_media_type"}
+
+
+def _http_error_handler(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method) in the same JSON shape as ours."""
+    body = {"error": _HTTP_CODES.get(exc.status_code, "http_error"), "message": mask(str(exc.detail))}
+    return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
+
+
+def _db_busy_handler(_request: Request, exc: OperationalError) -> JSONResponse:
+    # SQLite "database is locked" after the busy timeout, or PostgreSQL gone away: retryable.
+    log.warning("database error: %s", mask(str(exc.orig)))
+    return JSONResponse(status_code=503, content={"error": "database_unavailable",
+                                                  "message": "database busy or unreachable; retry"})
+
+
+def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error: %s", mask(f"{exc.__class__.__name__}: {exc}"))
+    return JSONResponse(status_code=500, content={"error": "internal", "message": "internal error (see the log)"})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -72,9 +97,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ProvError, _prov_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _db_busy_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_handler)
+    app.state.metrics = Metrics()
+    # The last added is the outermost: metrics see every response (413s too); the body limit
+    # runs before any route reads the body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     for mod_info in sorted(pkgutil.iter_modules(routes_pkg.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{routes_pkg.__name__}.{mod_info.name}")
+        try:
+            module = importlib.import_module(f"{routes_pkg.__name__}.{mod_info.name}")
+        except Exception:  # one broken route module must not take the whole API down
+            log.exception("route module %s failed to import; its endpoints are not served", mod_info.name)
+            continue
         router = getattr(module, "router", None)
         if router is None:
             continue

@@ -1,0 +1,86 @@
+"""Prometheus metrics at /metrics (token required, like every operator endpoint).
+
+Request counts and latency come from MetricsMiddleware; hosts per state are
+counted at scrape time; task durations are observed from finished task rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlmodel import Session, col, select
+
+from provisioner import crud
+from provisioner import states as S
+from provisioner.api.deps import SessionDep, require_token
+from provisioner.api.middleware import Metrics
+from provisioner.db import get_engine
+from provisioner.models import Task
+from provisioner.settings import Settings
+
+PUBLIC = True  # mounted at the root (Prometheus convention), but the router itself requires a token
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)])
+
+
+class _HostStates(Collector):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("prov_hosts", "Hosts per lifecycle state", labels=["state"])
+        with Session(get_engine(self.settings)) as s:
+            counts = crud.host_state_counts(s)
+        for state in sorted(S.ALL):
+            g.add_metric([state], counts.get(state, 0))
+        yield g
+
+
+class _TaskDurations:
+    """Observes each finished task once, tracked by a finished_at watermark."""
+
+    def __init__(self, metrics: Metrics, settings: Settings) -> None:
+        self.settings = settings
+        self.hist = Histogram("prov_task_duration_seconds", "Duration of finished tasks", ["kind", "status"],
+                              registry=metrics.registry,
+                              buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200))
+        self.watermark: datetime | None = None
+        self.seen: set[int] = set()
+        self.lock = threading.Lock()
+
+    def update(self, session: Session) -> None:
+        with self.lock:
+            q = select(Task).where(col(Task.finished_at).is_not(None), col(Task.started_at).is_not(None))
+            if self.watermark is not None:
+                q = q.where(col(Task.finished_at) >= self.watermark)
+            for task in session.exec(q.order_by(col(Task.finished_at))).all():
+                if task.id in self.seen or task.finished_at is None or task.started_at is None:
+                    continue
+                self.hist.labels(task.kind, task.status).observe(
+                    max(0.0, (task.finished_at - task.started_at).total_seconds()))
+                self.seen.add(task.id or 0)
+                if self.watermark is None or task.finished_at > self.watermark:
+                    # Rows finishing in the same instant as the watermark are caught by ``seen``.
+                    self.watermark = task.finished_at
+                    self.seen = {task.id or 0}
+
+
+def _collectors(request: Request) -> _TaskDurations:
+    app = request.app
+    durations: _TaskDurations | None = getattr(app.state, "task_durations", None)
+    if durations is None:
+        metrics: Metrics = app.state.metrics
+        metrics.registry.register(_HostStates(app.state.settings))
+        durations = app.state.task_durations = _TaskDurations(metrics, app.state.settings)
+    return durations
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(request: Request, session: SessionDep) -> Response:
+    _collectors(request).update(session)
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,49 @@
+"""API tokens: created here, stored only as their sha256, checked by api.deps.require_token.
+
+A token is 32 random bytes (``secrets.token_urlsafe``), prefixed ``prov_`` so
+it is recognisable in a config file. Only the hash is stored; the plain token
+is shown exactly once, to whoever created it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets as pysecrets
+
+from sqlmodel import Session, func, select
+
+from provisioner.api.deps import hash_token
+from provisioner.db import get_engine
+from provisioner.models import ApiToken
+from provisioner.settings import Settings, get_settings
+
+PREFIX = "prov_"
+
+
+def new_token() -> str:
+    return PREFIX + pysecrets.token_urlsafe(32)
+
+
+def create_token(session: Session, *, name: str = "admin") -> str:
+    """Store a new token's hash and return the plain token (the only time it exists)."""
+    token = new_token()
+    session.add(ApiToken(name=name, token_hash=hash_token(token)))
+    session.commit()
+    return token
+
+
+def verify_token(session: Session, token: str) -> ApiToken | None:
+    digest = hash_token(token)
+    row = session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+    if row is None or row.revoked or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    return row
+
+
+def ensure_admin_token(settings: Settings | None = None) -> str | None:
+    """On the very first start (no tokens at all) create an ``admin`` token and return it, else None."""
+    settings = settings or get_settings()
+    with Session(get_engine(settings)) as session:
+        if session.exec(select(func.count()).select_from(ApiToken)).one():
+            return None
+        return create_token(session, name="admin")

@@ -1,0 +1,76 @@
+"""Periodic job: hosts whose wait-state deadline passed get the TIMEOUT event.
+
+lifecycle.advance sets ``Host.state_deadline`` when a host enters a transient
+state; this checker moves every host past its deadline through the table
+(e.g. install-wait -> install-failed), with a message saying how long it waited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlmodel import Session, col, select
+
+from provisioner import lifecycle
+from provisioner import states as S
+from provisioner.db import get_engine
+from provisioner.errors import Conflict, ProvError
+from provisioner.models import Host, utcnow
+from provisioner.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+ACTOR = "conductor:timeouts"
+# How often to look. Deadlines are minutes to hours, so half a minute late is fine.
+DEFAULT_INTERVAL = 30.0
+
+
+def check_once(settings: Settings | None = None) -> list[str]:
+    """Fire TIMEOUT on every host past its deadline; returns the names of the hosts moved."""
+    settings = settings or get_settings()
+    moved: list[str] = []
+    now = utcnow()
+    with Session(get_engine(settings), expire_on_commit=False) as session:
+        due = session.exec(
+            select(Host).where(col(Host.state_deadline).is_not(None), col(Host.state_deadline) < now,
+                               col(Host.state).in_(sorted(S.TRANSIENT)))
+        ).all()
+        for host in due:
+            waited = int((now - host.state_entered_at).total_seconds())
+            message = f"timed out in {host.state} after {waited}s (deadline {host.state_deadline:%Y-%m-%d %H:%M:%S}Z)"
+            try:
+                lifecycle.advance(session, host, S.TIMEOUT, message=message, actor=ACTOR, settings=settings)
+            except Conflict:
+                # Moved by someone else in the meantime (e.g. the callback arrived): nothing to do.
+                session.rollback()
+                continue
+            except ProvError as exc:
+                session.rollback()
+                log.warning("timeout of host %s failed: %s", host.name, exc.message, extra={"host": host.name})
+                continue
+            moved.append(host.name)
+    return moved
+
+
+def start(settings: Settings | None = None, interval: float = DEFAULT_INTERVAL) -> Callable[[], None]:
+    """Run check_once every ``interval`` seconds on a daemon thread; returns the stop callable."""
+    settings = settings or get_settings()
+    stop_event = threading.Event()
+
+    def loop() -> None:
+        while not stop_event.wait(interval):
+            try:
+                check_once(settings)
+            except Exception:  # keep checking: one bad pass (DB restart) must not end the job
+                log.exception("timeout check failed")
+
+    thread = threading.Thread(target=loop, name="prov-timeouts", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stop_event.set()
+        thread.join(timeout=5)
+
+    return stop

@@ -1,0 +1,67 @@
+"""Structured logs: one JSON object per line, host and task named, secrets masked.
+
+Callers name the host and task with ``extra={"host": name, "task": task_id}``;
+the formatter lifts those into top-level keys so ``jq 'select(.host=="web01")'``
+finds every line about a host. Every handler carries secrets.MaskingFilter, so
+a password registered with secrets.register() never reaches a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from provisioner.secrets import MaskingFilter, mask
+
+# Attributes every LogRecord has; anything else was passed through ``extra``.
+_STD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
+    "message", "asctime", "taskName", "color_message",  # uvicorn adds an ANSI-coloured copy
+}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": mask(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key in _STD or key.startswith("_"):
+                continue
+            out[key] = value if isinstance(value, int | float | bool) or value is None else mask(str(value))
+        if record.exc_info:
+            out["exc"] = mask(self.formatException(record.exc_info))
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record))
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = True, stream: TextIO | None = None) -> logging.Handler:
+    """Install the one root handler (idempotent: a previous prov handler is replaced)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_prov", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    handler.addFilter(MaskingFilter())
+    handler._prov = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # uvicorn's loggers propagate to the root so their lines are JSON and masked too.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    return handler

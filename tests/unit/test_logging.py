@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from provisioner import secrets
+from provisioner.logging import setup_logging
+
+
+def test_json_lines_host_task_and_masking() -> None:
+    buf = io.StringIO()
+    handler = setup_logging("INFO", True, stream=buf)
+    try:
+        secrets.register("TopSecret-42")
+        log = logging.getLogger("provisioner.test")
+        log.info("connecting with password %s", "TopSecret-42", extra={"host": "web01", "task": 7})
+        log.warning("plain line\nwith newline")
+        try:
+            raise RuntimeError("boom TopSecret-42")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3  # one line per event, even with newlines and tracebacks
+    first = json.loads(lines[0])
+    assert first["host"] == "web01" and first["task"] == 7 and first["level"] == "info"
+    assert "TopSecret-42" not in buf.getvalue() and secrets.MASK in first["msg"]
+    third = json.loads(lines[2])
+    assert "RuntimeError" in third["exc"] and "TopSecret" not in third["exc"]
+
+
+def test_text_mode_masks_too() -> None:
+    buf = io.StringIO()
+    handler = setup_logging("INFO", False, stream=buf)
+    try:
+        secrets.register("AnotherSecret-7")
+        logging.getLogger("provisioner.test").info("pw=%s", "AnotherSecret-7")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "AnotherSecret-7" not in buf.getvalue() and secrets.MASK in buf.getvalue()
