@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -33,6 +34,11 @@ SettingsDep = Annotated[Settings, Depends(settings_dep)]
 
 
 CONTEXT_HEADER = "x-prov-context"
+# A valid token is remembered this long, saving one query per request (the API
+# bench's hot path). A revoked token therefore stops working within this many seconds.
+TOKEN_CACHE_TTL = 10.0
+_TOKEN_CACHE_MAX = 1024
+_token_cache: dict[str, tuple[str, float]] = {}
 
 
 def require_token(request: Request, session: SessionDep) -> str:
@@ -41,10 +47,19 @@ def require_token(request: Request, session: SessionDep) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
-    row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()))).first()
-    if row is None or row.revoked:
-        raise Unauthorized()
-    actor = f"token:{row.name}"
+    digest = hash_token(token.strip())
+    cached = _token_cache.get(digest)
+    if cached is not None and cached[1] > time.monotonic():
+        actor = cached[0]
+    else:
+        row = session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+        if row is None or row.revoked:
+            _token_cache.pop(digest, None)
+            raise Unauthorized()
+        actor = f"token:{row.name}"
+        if len(_token_cache) > _TOKEN_CACHE_MAX:
+            _token_cache.clear()
+        _token_cache[digest] = (actor, time.monotonic() + TOKEN_CACHE_TTL)
     # Callers may say on whose behalf they act (``prov apply --git`` sends the commit), so
     # every history line written for this request names it. Printable ASCII only, bounded.
     context = request.headers.get(CONTEXT_HEADER, "")

@@ -1,12 +1,15 @@
-"""Background tasks, read-only (they are created by workflow endpoints)."""
+"""Background tasks: read them, or cancel one (they are created by workflow endpoints)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from provisioner import crud
-from provisioner.api.deps import SessionDep
+from provisioner import states as S
+from provisioner.api.deps import SessionDep, SettingsDep
 from provisioner.api.pagination import Limit, Offset
+from provisioner.conductor.tasks import get_runner
+from provisioner.errors import Conflict
 from provisioner.schemas import Page, TaskPublic
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -26,3 +29,16 @@ def list_tasks(
 @router.get("/{task_id}", response_model=TaskPublic)
 def get_task(task_id: int, session: SessionDep) -> TaskPublic:
     return TaskPublic.model_validate(crud.get_task(session, task_id))
+
+
+@router.post("/{task_id}/cancel", response_model=TaskPublic, responses={409: {"description": "already finished"}})
+def cancel_task(task_id: int, session: SessionDep, settings: SettingsDep) -> TaskPublic:
+    """Ask a running task to stop at its next step; its workflow records why and cleans up."""
+    task = crud.get_task(session, task_id)
+    if task.status in S.TASK_DONE:
+        raise Conflict(reason=f"task {task_id} already {task.status}", current_state=task.status)
+    if not get_runner(settings).cancel(task_id):
+        raise Conflict(reason=f"task {task_id} is not running on this controller (owner {task.owner or '?'})",
+                       current_state=task.status)
+    session.refresh(task)
+    return TaskPublic.model_validate(task)
