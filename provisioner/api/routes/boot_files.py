@@ -1,0 +1,27 @@
+"""Public boot files: ``GET``/``HEAD /boot/files/{path}`` from the boot root.
+
+Public because firmware and installers carry no operator token; the files
+there are the same for every host (iPXE binaries, kernels, initrds, images).
+Per-host secrets never live in the boot root: install files are served by the
+token-checked ``/install/v1`` routes instead.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from provisioner.api.deps import SettingsDep
+from provisioner.drivers.boot.http import resolve_boot_file
+
+PUBLIC = True
+router = APIRouter(tags=["boot"])
+
+
+@router.api_route("/boot/files/{path:path}", methods=["GET", "HEAD"], response_class=FileResponse,
+                  summary="Download a boot file (Range and HEAD supported)")
+def boot_file(path: str, settings: SettingsDep) -> FileResponse:
+    real = resolve_boot_file(settings.boot_dir, path)
+    # FileResponse handles HEAD, Range/If-Range (206, 416, multipart) and sets Content-Length.
+    return FileResponse(real, media_type="application/octet-stream", filename=None,
+                        headers={"Cache-Control": "no-cache"})
