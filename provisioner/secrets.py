@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -78,13 +79,20 @@ def decrypt(ciphertext: str, settings: Settings | None = None) -> str:
     return value
 
 
+# One-time install tokens travel in URL paths and kernel command lines (installers
+# cannot send headers); they are never registered, so they are masked by shape.
+_TOKEN_IN_TEXT = re.compile(r"(/install/v1/|prov\.token=)[A-Za-z0-9_\-]{8,}")
+
+
 def mask(text: str) -> str:
-    """Replace every known secret in ``text``."""
+    """Replace every known secret in ``text``, and install tokens by their shape."""
     with _known_lock:
         secrets = sorted(_known, key=len, reverse=True)
     for s in secrets:
         if s in text:
             text = text.replace(s, MASK)
+    if "/install/v1/" in text or "prov.token=" in text:
+        text = _TOKEN_IN_TEXT.sub(lambda m: m.group(1) + MASK, text)
     return text
 
 

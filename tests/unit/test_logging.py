@@ -40,3 +40,11 @@ def test_text_mode_masks_too() -> None:
     finally:
         logging.getLogger().removeHandler(handler)
     assert "AnotherSecret-7" not in buf.getvalue() and secrets.MASK in buf.getvalue()
+
+
+def test_install_tokens_are_masked_by_shape() -> None:
+    from provisioner.secrets import mask
+
+    line = '127.0.0.1:5000 - "GET /install/v1/Zr3_kq9-T0ken0000000/config HTTP/1.1" 200'
+    assert "Zr3_kq9" not in mask(line) and "/install/v1/********/config" in mask(line)
+    assert mask("append prov.token=abcdefghijkl prov.url=http://x") == "append prov.token=******** prov.url=http://x"
