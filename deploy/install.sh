@@ -14,6 +14,7 @@ RUNTIME_PKGS=(
   dnsmasq-base ipxe ipxe-qemu pxelinux syslinux-common           # DHCP + first-stage boot files
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf  # guests and the lab
   openssh-client genisoimage debootstrap busybox-static kmod cpio zstd apt-cacher-ng iproute2
+  grub-pc-bin grub2-common e2fsprogs fdisk                       # the lab's Debian disk image
 )
 DEV_PKGS=(
   postgresql                      # the API suite runs on SQLite and PostgreSQL
