@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from provisioner.conductor import install as install_workflow
 from provisioner.conductor import tasks, timeouts
 from provisioner.settings import Settings
 
@@ -37,6 +38,8 @@ def _module_exists(name: str) -> bool:
 def start_services(settings: Settings) -> list[Callable[[], None]]:
     stops: list[Callable[[], None]] = [timeouts.start(settings)]
     try:
+        # install registers its resumer on import: a cut-off install continues from its step.
+        assert "install" in tasks.RESUMERS, install_workflow.__name__
         recovered = tasks.get_runner(settings).recover()
         if recovered:
             log.warning("recovered %d task(s) left by a previous controller: %s", len(recovered), recovered)
