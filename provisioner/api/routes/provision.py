@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
-from provisioner.conductor import install, rack
+from provisioner.conductor import install
+from provisioner.conductor import rack as rack_workflow
 from provisioner.schemas import TaskPublic
 
 router = APIRouter(tags=["provision"])
@@ -47,10 +48,10 @@ def retry_host(host: str, session: SessionDep, settings: SettingsDep, actor: Act
     return TaskPublic.model_validate(install.retry(session, host, actor=actor, settings=settings))
 
 
-@router.post("/racks/{rack_ident}/provision", status_code=202, response_model=TaskPublic)
-def provision_rack(rack_ident: str, session: SessionDep, settings: SettingsDep, actor: ActorDep,
+@router.post("/racks/{rack}/provision", status_code=202, response_model=TaskPublic)
+def provision_rack(rack: str, session: SessionDep, settings: SettingsDep, actor: ActorDep,
                    body: RackProvisionBody | None = None) -> TaskPublic:
     b = body or RackProvisionBody()
-    task = rack.start(session, rack_ident, roles=b.roles, concurrency=b.concurrency, profile=b.profile,
+    task = rack_workflow.start(session, rack, roles=b.roles, concurrency=b.concurrency, profile=b.profile,
                       configure=b.configure, reinstall=b.reinstall, actor=actor, settings=settings)
     return TaskPublic.model_validate(task)
