@@ -21,12 +21,12 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provisioner import secrets  # noqa: E402
-from provisioner.db import get_engine  # noqa: E402
-from provisioner.gitops import inventory as inv_mod  # noqa: E402
-from provisioner.gitops.apply import build_plan  # noqa: E402
-from provisioner.models import Host, Nic, Rack  # noqa: E402
-from provisioner.testing.controller import live_controller  # noqa: E402
+from provisioner import secrets
+from provisioner.db import get_engine
+from provisioner.gitops import inventory as inv_mod
+from provisioner.gitops.apply import build_plan
+from provisioner.models import Host, Nic, Rack
+from provisioner.testing.controller import live_controller
 
 TARGET = {1000: 2.0, 10000: 15.0}
 

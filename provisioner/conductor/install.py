@@ -79,9 +79,10 @@ def validate(session: Session, host: Host, profile: Profile | None, settings: Se
     svc = power_svc.get_service(settings)
     svc.driver_factory(svc.spec_for(host)).validate()  # cheap: never touches the BMC
     if profile.install_method == "image":
-        if not profile.image_url:
-            raise InvalidInput(field="profile.image_url", reason=f"profile {profile.name} deploys an image "
-                                                                  "but names none")
+        from provisioner.conductor import image_deploy
+
+        # ramdisk kernel + initrd in the boot root, the image and its checksum
+        image_deploy.check_boot_files(profile, settings)
     elif not (profile.kernel_url and profile.initrd_url):
         raise InvalidInput(field="profile.kernel_url", reason=f"profile {profile.name} needs kernel_url and "
                                                                "initrd_url for its installer")

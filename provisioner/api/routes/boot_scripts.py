@@ -7,7 +7,7 @@ state; local boot otherwise; unknown MACs nothing or discovery).
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from provisioner.api.deps import SessionDep, SettingsDep
@@ -22,14 +22,16 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 
 @router.get("/boot.ipxe", response_class=PlainTextResponse)
-def boot_ipxe(settings: SettingsDep) -> PlainTextResponse:
+def boot_ipxe(settings: SettingsDep, request: Request) -> PlainTextResponse:
+    settings = pxe.settings_for_request(settings, str(request.base_url))
     return PlainTextResponse(pxe.first_stage_script(settings), headers=_NO_STORE)
 
 
 @router.get("/ipxe/{mac}", response_class=PlainTextResponse,
             responses={404: {"description": "unknown MAC (unknown_mac_action=ignore)"},
                        422: {"description": "not a MAC address"}})
-def host_ipxe(mac: str, session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+def host_ipxe(mac: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
+    settings = pxe.settings_for_request(settings, str(request.base_url))
     text = pxe.boot_config_for_mac(session, mac, "ipxe", settings)
     if text is None:
         raise NotFound(kind="boot script for MAC", name=mac)

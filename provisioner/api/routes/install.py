@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, SettingsDep
-from provisioner.conductor import install_callbacks, install_tokens
+from provisioner.conductor import image_deploy, install_callbacks, install_tokens
+from provisioner.drivers.boot import pxe
 from provisioner.errors import Conflict, InvalidInput
 from provisioner.models import Event, Host, Profile
 from provisioner.secrets import mask
@@ -78,7 +79,9 @@ def _note_fetch(session: SessionDep, host: Host, what: str) -> None:
 
 
 def _file(session: SessionDep, settings: SettingsDep, token: str, what: str, name: str | None = None,
-          kind: str | None = None) -> PlainTextResponse:
+          kind: str | None = None, request: Request | None = None) -> PlainTextResponse:
+    if request is not None:
+        settings = pxe.settings_for_request(settings, str(request.base_url))
     host = _host_for_file(session, token)
     text = render_install_file(session, host, token, settings, kind=kind, name=name)
     _note_fetch(session, host, what)
@@ -86,17 +89,27 @@ def _file(session: SessionDep, settings: SettingsDep, token: str, what: str, nam
 
 
 @router.get("/{token}/config", response_class=PlainTextResponse)
-def install_config(token: str, session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
-    return _file(session, settings, token, "install config")
+def install_config(token: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
+    return _file(session, settings, token, "install config", request=request)
+
+
+@router.get("/{token}/agent.sh", response_class=PlainTextResponse)
+def agent_sh(token: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
+    """The image deploy agent the deploy ramdisk runs (kernel argument ``prov.run``)."""
+    settings = pxe.settings_for_request(settings, str(request.base_url))
+    host = _host_for_file(session, token)
+    text = image_deploy.agent_script(session, host, token, settings)
+    _note_fetch(session, host, "image deploy agent")
+    return PlainTextResponse(text, headers=_NO_STORE)
 
 
 @router.get("/{token}/user-data", response_class=PlainTextResponse)
-def user_data(token: str, session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+def user_data(token: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
     host = _host_for_file(session, token)
     profile = session.get(Profile, host.profile_id) if host.profile_id is not None else None
     if profile is None or profile.install_method != "autoinstall":
         raise Conflict(reason=f"host {host.name}'s profile does not install with autoinstall (no user-data)")
-    return _file(session, settings, token, "cloud-init user-data", kind="autoinstall")
+    return _file(session, settings, token, "cloud-init user-data", kind="autoinstall", request=request)
 
 
 @router.get("/{token}/meta-data", response_class=PlainTextResponse)

@@ -39,6 +39,10 @@ INSTALL_STATES = frozenset({S.INSTALLING, S.INSTALL_WAIT})
 # Shown instead of a real token in previews: rendering a preview must not
 # invalidate the token of an install in progress.
 PREVIEW_TOKEN = "PREVIEW-TOKEN"  # noqa: S105 - a placeholder, not a secret
+# Image profiles boot prov's deploy ramdisk unless they name their own kernel:
+# boot-root paths where ``prov serve`` / the lab place provisioner.lab.ramdisk's build.
+RAMDISK_KERNEL = "prov/vmlinuz"
+RAMDISK_INITRD = "prov/initrd.img"
 
 # Defaults per OS family; a profile's params override every one of them.
 _FAMILY_DEFAULTS: dict[str, dict[str, str]] = {
@@ -192,8 +196,13 @@ def boot_context(
     if profile is not None:
         ctx["install"] = install_params(profile)
         domain = _param(dict(profile.params or {}), "domain", domain)
-        kernel = _resolve(profile.kernel_url, base)
-        initrd = _resolve(profile.initrd_url, base)
+        kernel_url, initrd_url = profile.kernel_url, profile.initrd_url
+        if profile.install_method == "image":
+            # The deploy ramdisk's /init fetches and runs prov.run (the per-host agent script).
+            kernel_url, initrd_url = kernel_url or RAMDISK_KERNEL, initrd_url or RAMDISK_INITRD
+            ctx["urls"]["agent"] = f"{install_base}/agent.sh"
+        kernel = _resolve(kernel_url, base)
+        initrd = _resolve(initrd_url, base)
         ctx["urls"].update(kernel=kernel, initrd=initrd, kernel_grub=_grub_path(kernel),
                            initrd_grub=_grub_path(initrd))
         ctx["profile"] = {
@@ -222,6 +231,20 @@ def boot_context(
 def install_allowed(host: Host) -> bool:
     """May a network boot of this host start an installer right now?"""
     return bool(host.netboot) and host.state in INSTALL_STATES and host.profile_id is not None
+
+
+def settings_for_request(settings: Settings, request_base: str) -> Settings:
+    """Settings whose base URL is the one the machine used, when no public_url is configured.
+
+    Firmware and installers on a provisioning network reach the controller at
+    an address of that network (the lab forwards its bridge address to a
+    controller on loopback); the scripts they get must name that address, not
+    127.0.0.1. An explicit ``public_url`` always wins. A spoofed Host header
+    only changes the response to the spoofing client itself.
+    """
+    if settings.public_url:
+        return settings
+    return settings.model_copy(update={"public_url": request_base.rstrip("/")})
 
 
 def discovery_context(mac: str, settings: Settings | None = None) -> dict[str, Any]:

@@ -90,7 +90,11 @@ def make_host(settings: Settings, ssh_port: int, name: str = "node1") -> int:
     with Session(get_engine(settings)) as s:
         rack = Rack(name="r1")
         prof = Profile(name="img", install_method="image", image_url="http://127.0.0.1/img.raw",
-                       image_checksum="sha256:" + "0" * 64, params={"ssh_port": ssh_port})
+                       image_checksum="sha256:" + "0" * 64, params={"ssh_port": ssh_port, "image_size": 1 << 20})
+        # validate() checks the deploy ramdisk is in the boot root
+        for f in ("prov/vmlinuz", "prov/initrd.img"):
+            (settings.boot_dir / f).parent.mkdir(parents=True, exist_ok=True)
+            (settings.boot_dir / f).write_bytes(b"x")
         s.add(rack)
         s.add(prof)
         s.flush()

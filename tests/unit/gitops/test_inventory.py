@@ -99,7 +99,7 @@ def test_password_refs_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     assert resolve_passwords(inv) == {"a1": "s3cret-env", "a2": "s3cret-file"}
     monkeypatch.delenv("PW_A")
-    with pytest.raises(Exception, match="hosts/a1: .*PW_A is not set"):
+    with pytest.raises(Exception, match=r"hosts/a1: .*PW_A is not set"):
         resolve_passwords(inv)
 
 
