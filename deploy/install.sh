@@ -25,6 +25,7 @@ DEV_PKGS=(
   debconf-utils cloud-init grub-common  # preseed, cloud-config and grub.cfg validators
   netcat-openbsd wrk bridge-utils iptables
   docker-compose                  # parses deploy/compose.yaml (no engine needed)
+  debian-installer-12-netboot-amd64  # the installer-driven (preseed) path of the e2e lab
 )
 PKGS=("${RUNTIME_PKGS[@]}")
 [ "$DEV" = 1 ] && PKGS+=("${DEV_PKGS[@]}")
