@@ -33,7 +33,8 @@ def lab_up(
     memory: int = typer.Option(1024, "--memory", help="MiB per guest"),
     disk: int = typer.Option(8, "--disk", help="GiB per guest disk"),
     subnet: str = typer.Option("10.213.0.0/24", "--subnet", help="provisioning network (bridge gets .1)"),
-    uri: str = typer.Option("qemu:///system", "--uri", help="libvirt URI for the guests"),
+    uri: str = typer.Option("", "--uri", help="libvirt URI for the guests (default: qemu:///system if a "
+                                             "libvirtd serves it, else the lab runs its own)"),
     virt_type: str = typer.Option("", "--virt-type", help="kvm or qemu (default: the host pre-flight decides)"),
     lab_dir: Path | None = LabDirOpt,
     output: OutputFormat = OutputOpt,

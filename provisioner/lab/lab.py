@@ -4,6 +4,8 @@
 (recorded in ``<lab_dir>/state.json`` as it is made, so ``down`` also cleans up
 after a half-finished ``up``):
 
+* the libvirt to use (``ensure_libvirtd``): the machine's ``qemu:///system``
+  if a libvirtd serves it, else one of the lab's own under ``<lab_dir>/libvirt``;
 * an isolated provisioning network: a Linux bridge (``prov-lab0``, 10.213.0.1/24
   by default) with no uplink and no libvirt DHCP; ip_forward stays as it is,
   nothing is routed or NATed off the bridge;
@@ -80,7 +82,7 @@ class LabSpec:
     vcpus: int = 1
     subnet: str = SUBNET
     bridge: str = BRIDGE
-    uri: str = "qemu:///system"
+    uri: str = ""  # "" = the machine's qemu:///system if it runs, else a libvirtd of the lab's own
     prefix: str = "lab"
     controller_url: str = "http://127.0.0.1:8700"  # where the forwarder sends guests' HTTP
     http_port: int = 0  # bridge port guests use; 0: the controller's port
@@ -138,27 +140,41 @@ def _virsh_ok(uri: str) -> bool:
         return False
 
 
-def ensure_libvirtd(uri: str, timeout: float = 90.0) -> bool:
-    """The system libvirtd for ``qemu:///system``; started by hand on machines without systemd.
+SYSTEM_URI = "qemu:///system"
 
-    Returns True when this call started it. The first start probes QEMU's
-    capabilities (~10 s), later ones take under a second (field notes).
+
+def ensure_libvirtd(uri: str, lab_dir: Path) -> tuple[str, int | None]:
+    """The libvirt the guests live in: ``(uri, pid of a libvirtd this call started or None)``.
+
+    ``uri`` empty means automatic: the machine's ``qemu:///system`` when a
+    libvirtd already serves it (systemd machines), otherwise a libvirtd of the
+    lab's own under ``<lab_dir>/libvirt`` (``provisioner.testing.libvirtd``:
+    root QEMU, no cgroups, its own state and socket), stopped by ``lab down``.
+    The lab does not start the machine's libvirtd by hand: with the packaged
+    qemu.conf (QEMU as ``libvirt-qemu``) on a machine whose ``/dev/kvm`` that
+    user cannot open, libvirt 9.0 finds its QEMU capability cache invalid on
+    every lookup ("KVM was enabled when probing ..., but it is not available
+    now", virQEMUCapsIsValid) and re-probes QEMU, ~30 s per ``virsh define``;
+    a BMC's boot-order change then outlasts the IPMI client's deadline.
     """
-    if _virsh_ok(uri):
-        return False
-    if uri != "qemu:///system":
-        raise LabError(reason=f"libvirt at {uri} does not answer (virsh -c {uri} version)")
-    for daemon in ("virtlogd", "libvirtd"):
-        if shutil.which(daemon) is None and not Path(f"/usr/sbin/{daemon}").exists():
-            raise LabError(reason=f"{daemon} is not installed (apt-get install libvirt-daemon-system)")
-        _run(daemon if shutil.which(daemon) else f"/usr/sbin/{daemon}", "-d", check=False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    if uri:
         if _virsh_ok(uri):
-            return True
-        time.sleep(0.5)
-    raise LabError(reason=f"libvirtd did not answer on {uri} within {timeout:.0f} s "
-                          "(see /var/log/libvirt/libvirtd.log)")
+            return uri, None
+        raise LabError(reason=f"libvirt at {uri} does not answer (virsh -c {uri} version); "
+                              "leave out --uri to let the lab run its own libvirtd")
+    if _virsh_ok(SYSTEM_URI):
+        return SYSTEM_URI, None
+    for daemon in ("virtlogd", "libvirtd"):
+        if shutil.which(daemon) is None:
+            raise LabError(reason=f"{daemon} is not installed (deploy/install.sh installs the lab's packages)")
+    from provisioner.testing.libvirtd import start_libvirtd
+
+    try:
+        handle = start_libvirtd(lab_dir / "libvirt", netns=False)
+    except RuntimeError as exc:
+        raise LabError(reason=f"the lab's libvirtd did not start: {str(exc).splitlines()[0]} "
+                              f"(see {lab_dir / 'libvirt' / 'log'})") from exc
+    return handle.uri, handle.proc.pid
 
 
 # --------------------------------------------------------------------------- state
@@ -211,8 +227,10 @@ class Lab:
         self.state.save()
         try:
             made = self.state.data["made"]
-            made["libvirtd_started"] = ensure_libvirtd(spec.uri)
+            spec.uri, made["libvirtd_pid"] = ensure_libvirtd(spec.uri, self.dir)
+            self.state.data["spec"]["uri"] = spec.uri
             self.state.save()
+            say(f"libvirt: {spec.uri}" + (" (the lab's own libvirtd)" if made["libvirtd_pid"] else ""))
             say("payloads: deploy ramdisk and Debian 12 image (built once, then cached)")
             profile_image = self._publish_payloads()
             say(f"network: bridge {spec.bridge} {spec.gateway}/{spec.network.prefixlen}")
@@ -434,6 +452,9 @@ class Lab:
         guests = self.state.data.get("guests", [])
         if guests or made.get("pool"):
             attempt("guests", lambda: _delete_guests(spec.uri, guests, made.get("pool")))
+        if made.get("libvirtd_pid"):
+            # after the guests: libvirtd leaves running QEMU processes alone when it stops
+            attempt("libvirtd", lambda: _stop_daemon(made.get("libvirtd_pid"), timeout=30))
         if made.get("bridge"):
             attempt("bridge", lambda: _run("ip", "link", "del", made["bridge"], check=False))
         for rel in made.get("boot_files", []):

@@ -511,6 +511,11 @@ class IpmiPool:
 
 def _error(kind: str, spec: BmcSpec, text: str, op: str, timeout: float) -> DriverError:
     bmc = spec.label
+    if text in ("", "None"):
+        # pyghmi raises IpmiException(response['error']) with None when the BMC
+        # answers a completion code it has no text for (seen from ipmi_sim when
+        # its chassis program is slow): say what failed instead of "None".
+        text = f"{op} failed; the BMC answered with an error and gave no reason"
     if kind == "auth":
         return BmcAuthError(bmc=bmc)
     if kind == "timeout":

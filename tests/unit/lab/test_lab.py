@@ -7,6 +7,9 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from provisioner.lab import bmc
 from provisioner.lab.lab import Forwarder, Lab, LabSpec
@@ -72,3 +75,32 @@ def test_down_without_state_is_a_no_op_and_removes_recorded_boot_files(tmp_path:
     lab.state.save()
     assert lab.down(None) == []
     assert not f.exists() and not (tmp_path / "lab").exists()
+
+
+def test_libvirt_choice_prefers_a_running_system_libvirtd_and_never_starts_it(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    from provisioner.errors import LabError
+    from provisioner.lab import lab as labmod
+
+    answering: set[str] = {labmod.SYSTEM_URI}
+    monkeypatch.setattr(labmod, "_virsh_ok", lambda uri: uri in answering)
+    assert labmod.ensure_libvirtd("", tmp_path) == (labmod.SYSTEM_URI, None)
+    with pytest.raises(LabError, match="does not answer"):
+        labmod.ensure_libvirtd("qemu+ssh://nowhere/system", tmp_path)
+
+    # no system libvirtd: the lab runs one of its own under the lab dir and records its pid
+    answering.clear()
+    started: list[Path] = []
+
+    class _Handle:
+        uri = "qemu+unix:///system?socket=/x"
+        proc = type("P", (), {"pid": 4242})()
+
+    def fake_start(base: Path, *, netns: bool = True, timeout: float = 90.0) -> _Handle:
+        assert netns is False  # the guests' taps must join the lab bridge in this namespace
+        started.append(base)
+        return _Handle()
+
+    monkeypatch.setattr("provisioner.testing.libvirtd.start_libvirtd", fake_start)
+    assert labmod.ensure_libvirtd("", tmp_path) == (_Handle.uri, 4242)
+    assert started == [tmp_path / "libvirt"]
