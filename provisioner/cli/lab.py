@@ -33,6 +33,7 @@ def lab_up(
     memory: int = typer.Option(1024, "--memory", help="MiB per guest"),
     disk: int = typer.Option(8, "--disk", help="GiB per guest disk"),
     subnet: str = typer.Option("10.213.0.0/24", "--subnet", help="provisioning network (bridge gets .1)"),
+    bridge: str = typer.Option("prov-lab0", "--bridge", help="name of the lab's bridge (made by lab up)"),
     uri: str = typer.Option("", "--uri", help="libvirt URI for the guests (default: qemu:///system if a "
                                              "libvirtd serves it, else the lab runs its own)"),
     virt_type: str = typer.Option("", "--virt-type", help="kvm or qemu (default: the host pre-flight decides)"),
@@ -43,8 +44,8 @@ def lab_up(
     from provisioner.lab.lab import Lab, LabSpec
 
     api = client()
-    spec = LabSpec(hosts=hosts, memory_mib=memory, disk_gib=disk, subnet=subnet, uri=uri, virt_type=virt_type,
-                   controller_url=api.url)
+    spec = LabSpec(hosts=hosts, memory_mib=memory, disk_gib=disk, subnet=subnet, bridge=bridge, uri=uri,
+                   virt_type=virt_type, controller_url=api.url)
     lab = Lab(_lab_dir(lab_dir), get_settings())
 
     def say(msg: str) -> None:

@@ -169,6 +169,9 @@ def ensure_libvirtd(uri: str, lab_dir: Path) -> tuple[str, int | None]:
             raise LabError(reason=f"{daemon} is not installed (deploy/install.sh installs the lab's packages)")
     from provisioner.testing.libvirtd import start_libvirtd
 
+    sock = lab_dir / "libvirt" / "run" / "libvirt-sock"
+    if len(str(sock)) > 107:  # sockaddr_un.sun_path holds 108 bytes with the NUL (unix(7))
+        raise LabError(reason=f"--lab-dir {lab_dir} is too long for libvirtd's socket path; use a shorter one")
     try:
         handle = start_libvirtd(lab_dir / "libvirt", netns=False)
     except RuntimeError as exc:
