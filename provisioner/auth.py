@@ -10,10 +10,11 @@ from __future__ import annotations
 import hmac
 import secrets as pysecrets
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from provisioner.api.deps import hash_token
 from provisioner.db import get_engine
+from provisioner.errors import NotFound
 from provisioner.models import ApiToken
 from provisioner.settings import Settings, get_settings
 
@@ -47,3 +48,27 @@ def ensure_admin_token(settings: Settings | None = None) -> str | None:
         if session.exec(select(func.count()).select_from(ApiToken)).one():
             return None
         return create_token(session, name="admin")
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.exec(select(ApiToken).order_by(col(ApiToken.id))).all())
+
+
+def revoke_tokens(session: Session, ident: str) -> list[ApiToken]:
+    """Revoke the token with this id, or every token with this name; returns the rows revoked.
+
+    The API caches a verified token for ``api.deps.TOKEN_CACHE_TTL`` seconds, so
+    a revoked token stops working within that time, without a restart.
+    """
+    query = select(ApiToken).where(ApiToken.id == int(ident)) if ident.isdigit() \
+        else select(ApiToken).where(ApiToken.name == ident)
+    rows = list(session.exec(query).all())
+    if not rows:
+        raise NotFound(kind="token", name=ident)
+    for row in rows:
+        row.revoked = True
+        session.add(row)
+    session.commit()
+    for row in rows:
+        session.refresh(row)
+    return rows

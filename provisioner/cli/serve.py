@@ -1,6 +1,6 @@
-"""``prov serve`` and ``prov token create``: the two commands that run on the controller itself.
+"""``prov serve`` and ``prov token create|list|revoke``: the commands that run on the controller itself.
 
-Both work directly on the database in PROV_DATA_DIR (or PROV_DATABASE_URL);
+They work directly on the database in PROV_DATA_DIR (or PROV_DATABASE_URL);
 every other command is a client of the REST API.
 """
 
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 from sqlmodel import Session
 
 from provisioner.cli.groups import app, token_app
-from provisioner.cli.output import handle_errors
+from provisioner.cli.output import OutputFormat, OutputOpt, emit, handle_errors
 from provisioner.settings import Settings, get_settings, reset_settings
 
 
@@ -72,3 +73,37 @@ def token_create(name: str = typer.Option("admin", "--name", help="who the token
     with Session(get_engine(settings)) as session:
         token = auth.create_token(session, name=name)
     sys.stdout.write(token + "\n")
+
+
+def _token_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{"id": r.id, "name": r.name, "created_at": r.created_at, "last_used_at": r.last_used_at,
+             "revoked": r.revoked} for r in rows]
+
+
+@token_app.command("list")
+@handle_errors
+def token_list(output: OutputFormat = OutputOpt) -> None:
+    """API tokens by id and name (never the tokens: only their hashes are stored)."""
+    from provisioner import auth, migrate
+    from provisioner.db import get_engine
+
+    settings = get_settings()
+    migrate.upgrade(settings)
+    with Session(get_engine(settings)) as session:
+        rows = _token_rows(auth.list_tokens(session))
+    emit(rows, output, columns=["id", "name", "created_at", "last_used_at", "revoked"])
+
+
+@token_app.command("revoke")
+@handle_errors
+def token_revoke(ident: str = typer.Argument(..., help="token id, or a name (revokes every token of that name)"),
+                 output: OutputFormat = OutputOpt) -> None:
+    """Revoke API tokens; the API refuses them within 10 s (its token cache), no restart needed."""
+    from provisioner import auth, migrate
+    from provisioner.db import get_engine
+
+    settings = get_settings()
+    migrate.upgrade(settings)
+    with Session(get_engine(settings)) as session:
+        rows = _token_rows(auth.revoke_tokens(session, ident))
+    emit(rows, output, columns=["id", "name", "created_at", "last_used_at", "revoked"])

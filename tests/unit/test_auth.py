@@ -30,3 +30,28 @@ def test_tokens_hashed_and_admin_once(tmp_path: Path) -> None:
         s.commit()
         assert auth.verify_token(s, other) is None
     get_engine(settings).dispose()
+
+
+def test_revoke_by_id_or_name_and_unknown_is_not_found(tmp_path: Path) -> None:
+    import pytest
+
+    from provisioner.errors import NotFound
+
+    settings = Settings(data_dir=tmp_path)
+    migrate.upgrade(settings)
+    with Session(get_engine(settings)) as s:
+        a = auth.create_token(s, name="ci")
+        b = auth.create_token(s, name="ci")
+        c = auth.create_token(s, name="ops")
+        ids = {r.name + str(i): r.id for i, r in enumerate(auth.list_tokens(s))}
+        assert [r.name for r in auth.list_tokens(s)] == ["ci", "ci", "ops"]
+        assert [r.revoked for r in auth.revoke_tokens(s, "ci")] == [True, True]
+        assert auth.verify_token(s, a) is None and auth.verify_token(s, b) is None
+        assert auth.verify_token(s, c) is not None
+        assert [r.name for r in auth.revoke_tokens(s, str(ids["ops2"]))] == ["ops"]
+        assert auth.verify_token(s, c) is None
+        with pytest.raises(NotFound):
+            auth.revoke_tokens(s, "nobody")
+        with pytest.raises(NotFound):
+            auth.revoke_tokens(s, "999")
+    get_engine(settings).dispose()

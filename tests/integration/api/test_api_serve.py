@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -52,6 +53,18 @@ def test_serve_first_start_and_token_create(tmp_path: Path) -> None:
         r = httpx.get(f"{url}/api/v1/hosts", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["count"] == 0
         assert httpx.get(f"{url}/api/v1/hosts").status_code == 401
+        # revoked while serving: refused once the API's token cache (10 s) has expired, no restart
+        listed = subprocess.run([*PROV, "token", "list", "-o", "json"], env=env, capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert [t["name"] for t in json.loads(listed.stdout)] == ["admin", "ci"] and token not in listed.stdout
+        subprocess.run([*PROV, "token", "revoke", "ci"], env=env, capture_output=True, timeout=60, check=True)
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/api/v1/hosts", headers={"Authorization": f"Bearer {token}"}).status_code != 401:
+            assert time.monotonic() < deadline, "a revoked token still works after the cache TTL"
+            time.sleep(0.5)
+        gone = subprocess.run([*PROV, "token", "revoke", "nobody"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert gone.returncode == 3 and gone.stderr.startswith("error: ")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
