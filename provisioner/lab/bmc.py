@@ -31,7 +31,6 @@ from pathlib import Path
 
 from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, PowerAction, PowerState
 from provisioner.errors import LabError
-from provisioner.render import render
 
 # ipmi_sim's chassis "boot" values (OpenIPMI lanserv) <-> prov boot devices.
 _BOOT_TO_PROV = {"pxe": BootDevice.PXE, "default": BootDevice.DISK, "none": BootDevice.DISK,
@@ -64,6 +63,10 @@ def new_password() -> str:
 
 
 def write_config(cfg: BmcConfig) -> None:
+    # imported here: the chassis program runs this module on every boot-device change,
+    # and the renderer's settings/pydantic imports would double its start-up time
+    from provisioner.render import render
+
     cfg.dir.mkdir(parents=True, exist_ok=True)
     (cfg.dir / "state").mkdir(exist_ok=True)
     bmc_json = cfg.dir / "bmc.json"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import shutil
 import subprocess
 import tempfile
@@ -138,10 +139,25 @@ def phase_breakdown(events: list[dict[str, Any]]) -> dict[str, float]:
         tb = _when(events, b, ta or t0) if ta is not None else None
         if ta is not None and tb is not None:
             out[name] = round(tb - ta, 1)
+    # Within the power phase, the BMC's share: the power service writes "(BMC 1.23 s)" on every
+    # power and boot-device line; what is left is the controller's own work (API, DB, steps).
+    ta, tb = _when(events, "to:installing", t0), _when(events, "to:install-wait", t0)
+    if ta is not None and tb is not None:
+        bmc = 0.0
+        for ev in events:
+            ts = datetime.fromisoformat(str(ev["created_at"])).timestamp()
+            m = _BMC_SECONDS.search(str(ev.get("message", "")))
+            if m and ta <= ts <= tb and ev.get("event") in ("power", "boot-device"):
+                bmc += float(m.group(1))
+        out["power.bmc"] = round(bmc, 2)
+        out["power.controller"] = round(max(0.0, (tb - ta) - bmc), 2)
     end = _when(events, "to:active", t0)
     if end is not None:
         out["total"] = round(end - t0, 1)
     return out
+
+
+_BMC_SECONDS = re.compile(r"\(BMC ([0-9.]+) s\)")
 
 
 def host_events(rig: Rig, name: str) -> list[dict[str, Any]]:
