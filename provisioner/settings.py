@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     deploy_wait_timeout: float = 1800.0
     configure_timeout: float = 3600.0
     ssh_wait_timeout: float = 900.0
+    # How often the conductor looks for hosts past their state deadline (tests shorten it).
+    timeout_check_interval: float = 30.0
 
     # Configuration (Ansible): the account and key prov connects with, and how
     # many hosts one run works on at once.

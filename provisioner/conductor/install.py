@@ -28,7 +28,7 @@ from provisioner import crud, lifecycle
 from provisioner import states as S
 from provisioner.conductor import install_tokens
 from provisioner.conductor import power as power_svc
-from provisioner.conductor.tasks import RESUMERS, TaskContext, get_runner
+from provisioner.conductor.tasks import RESUMERS, TaskCancelled, TaskContext, get_runner
 from provisioner.drivers.power.base import BootDevice, BootSetting, PowerAction, PowerState
 from provisioner.errors import Conflict, DriverError, InvalidInput, ProvError
 from provisioner.models import Host, Profile, Task, utcnow
@@ -167,16 +167,52 @@ def _current_step(ctx: TaskContext) -> str:
         return task.step if task and task.step in STEPS else STEPS[0]
 
 
+def _persisted_step(ctx: TaskContext) -> str:
+    with ctx.session() as s:
+        task = s.get(Task, ctx.task_id)
+        return task.step if task else ""
+
+
+# Steps that power the machine on relying on the boot device set by the step
+# before them: resumed after a restart, that boot device is set again first.
+# power-on: a BMC forgets a one-time PXE override when no restart follows
+# within 60 s (IPMI 2.0, Set System Boot Options, boot flags parameter: the
+# "valid" bit is cleared by a 60 s timer), and the outage may have been longer.
+# (netboot-on is not redone: it would mint a new token and lock out an
+# installer that already fetched its boot script.)
+# first-boot: setting disk again is idempotent and cheap, and covers a BMC that
+# was reset in the same outage (a power cut takes the controller and the rack).
+_REDO_ON_RESUME = {"power-on": "boot-pxe", "first-boot": "boot-disk"}
+
+
 def run(ctx: TaskContext) -> dict[str, Any]:
     """Run (or resume) the install from the persisted step."""
-    first = STEPS.index(_current_step(ctx))
+    current = _current_step(ctx)
+    plan = list(STEPS[STEPS.index(current):])
+    redo = None
+    if _persisted_step(ctx):
+        # A new task starts with no step; a persisted one means a controller died mid-install
+        # and TaskRunner.recover() handed the task back: say so where the operator looks.
+        redo = _REDO_ON_RESUME.get(current)
+        ctx.history(f"install resumed at step {current} after a controller restart"
+                    + (f" ({redo} is done again first: the boot device may not have survived the outage)"
+                       if redo else ""),
+                    event="install-resumed", actor="conductor:install")
     actor = str(ctx.params.get("actor") or "conductor:install")
-    for step in STEPS[first:]:
-        ctx.progress(_PROGRESS[step], step=step)
+    for step in ([redo] if redo else []) + plan:
         try:
+            if step != redo:  # the persisted step stays where the install really is
+                ctx.progress(_PROGRESS[step], step=step)
             _STEP_FNS[step](ctx, actor)
         except InstallFailed:
             raise
+        except TaskCancelled:
+            # An operator's abort (or a task cancel) is seen at the next heartbeat: clean up
+            # like any failure (token, netboot) and keep the operator's reason, not "cancelled".
+            host = _host(ctx)
+            # aborted: the abort's message is the host's last error; else the task itself was cancelled
+            reason = host.last_error if host.state == S.INSTALL_FAILED else "the install task was cancelled"
+            _fail(ctx, f"install aborted at step {step}: {reason or 'no reason given'}")
         except ProvError as exc:
             _fail(ctx, f"step {step} failed: {exc.message}")
     host = _host(ctx)
@@ -263,7 +299,8 @@ def _step_wait_ssh(ctx: TaskContext, actor: str) -> None:
             break
         host = _host(ctx)
         if host.state != S.BOOTING:
-            _fail(ctx, f"host is {host.state}: {host.last_error or 'stopped waiting for SSH'}")
+            _fail(ctx, f"host is {host.state}: {host.last_error or 'stopped waiting for SSH'} "
+                       f"(no SSH banner on {address}:{port})")
         if ctx.cancelled:
             _fail(ctx, "install aborted by an operator")
         time.sleep(POLL)

@@ -23,8 +23,20 @@ from provisioner.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 ACTOR = "conductor:timeouts"
-# How often to look. Deadlines are minutes to hours, so half a minute late is fine.
+# How often to look (the default of settings.timeout_check_interval). Deadlines are
+# minutes to hours, so half a minute late is fine.
 DEFAULT_INTERVAL = 30.0
+
+# What a host in each wait state was waiting for: "timed out in booting" alone does
+# not tell an operator that the installed system never opened SSH.
+WAITING_FOR = {
+    S.VERIFYING: "the BMC check did not finish",
+    S.INSTALLING: "the controller's power/boot steps did not finish",
+    S.INSTALL_WAIT: "the installer never reported done or an error",
+    S.BOOTING: "the installed system never opened SSH",
+    S.CONFIGURING: "the configuration run did not finish",
+    S.DECOMMISSIONING: "decommissioning did not finish",
+}
 
 
 def check_once(settings: Settings | None = None) -> list[str]:
@@ -40,6 +52,8 @@ def check_once(settings: Settings | None = None) -> list[str]:
         for host in due:
             waited = int((now - host.state_entered_at).total_seconds())
             message = f"timed out in {host.state} after {waited}s (deadline {host.state_deadline:%Y-%m-%d %H:%M:%S}Z)"
+            if host.state in WAITING_FOR:
+                message += f": {WAITING_FOR[host.state]}"
             try:
                 lifecycle.advance(session, host, S.TIMEOUT, message=message, actor=ACTOR, settings=settings)
             except Conflict:
@@ -54,9 +68,11 @@ def check_once(settings: Settings | None = None) -> list[str]:
     return moved
 
 
-def start(settings: Settings | None = None, interval: float = DEFAULT_INTERVAL) -> Callable[[], None]:
-    """Run check_once every ``interval`` seconds on a daemon thread; returns the stop callable."""
+def start(settings: Settings | None = None, interval: float | None = None) -> Callable[[], None]:
+    """Run check_once every ``interval`` seconds (default: settings.timeout_check_interval) on a
+    daemon thread; returns the stop callable."""
     settings = settings or get_settings()
+    interval = interval if interval is not None else settings.timeout_check_interval
     stop_event = threading.Event()
 
     def loop() -> None:
