@@ -119,7 +119,7 @@ def run_for_install(ctx: TaskContext, *, playbooks: list[str] | None = None, eng
         profile = s.get(Profile, host.profile_id) if host is not None and host.profile_id is not None else None
     names = ansible.validate_playbooks(list(playbooks or (profile.playbooks if profile else None) or ["site"]))
     eng = ansible.validate_engine(engine or (profile.container_engine if profile else None) or "docker")
-    _execute(ctx, [ctx.host_id], playbooks=names, engine=eng, run_vars={}, admin_keys=[])
+    _execute(ctx, [ctx.host_id], playbooks=names, engine=eng, run_vars={}, admin_keys=[], within_workflow=True)
 
 
 def _execute(
@@ -130,15 +130,29 @@ def _execute(
     engine: str,
     run_vars: dict[str, Any],
     admin_keys: list[str],
+    within_workflow: bool = False,
 ) -> dict[str, Any]:
-    """One ansible run over all the hosts, then one lifecycle transition per host."""
+    """One ansible run over all the hosts, then one lifecycle transition per host.
+
+    ``within_workflow``: the run is one step of another task (install's ``configure``).
+    That task's ``step`` is what a restarted controller resumes from, so the run must
+    not overwrite it with Ansible task names (an install killed mid-playbook would
+    otherwise restart from power-off), nor move its progress; it only heartbeats.
+    """
     settings = ctx.settings
+
+    def report(pct: int, step: str, result: dict[str, Any] | None = None) -> None:
+        if within_workflow:
+            ctx.progress(None, result=result)
+        else:
+            ctx.progress(pct, step=step, result=result)
+
     with ctx.session() as s:
         hosts = [h for h in (s.get(Host, hid) for hid in host_ids) if h is not None]
         inventory = build_inventory(s, hosts)
     names = {h.id: h.name for h in hosts}
     by_name = {h.name: h.id for h in hosts}
-    ctx.progress(1, step="starting ansible")
+    report(1, "starting ansible")
     key = ansible.ensure_ssh_key(settings)
     prov = {
         "playbooks": playbooks,
@@ -168,7 +182,7 @@ def _execute(
             n = started["n"]
             # a cancel is picked up by the runner's cancel callback, not by raising here
             with contextlib.suppress(TaskCancelled):
-                ctx.progress(min(95, 2 + 93 * n // (n + 25)), step=ev.task[:64])
+                report(min(95, 2 + 93 * n // (n + 25)), ev.task[:64])
             return
         if ev.kind == ansible.SKIPPED or ev.host is None:
             return
@@ -189,7 +203,7 @@ def _execute(
     if error is not None:
         summary["error"] = error.message
     with contextlib.suppress(TaskCancelled):
-        ctx.progress(99, step="recording results", result=summary)
+        report(99, "recording results", summary)
     failed_hosts = _finish_hosts(ctx, hosts, result, error, names)
     if result is not None and result.status == "canceled":
         raise TaskCancelled(task_id=ctx.task_id)

@@ -339,12 +339,15 @@ def _step_configure(ctx: TaskContext, actor: str) -> None:
     with ctx.session() as s:
         host = s.get(Host, ctx.host_id)
         assert host is not None
-        if host.state != S.BOOTING:
-            return
-        if not ctx.params.get("configure"):
-            return
-        lifecycle.advance(s, host, S.CONFIGURE, message="installed; running configuration playbooks",
-                          actor=actor, task_id=ctx.task_id, settings=ctx.settings)
+        if host.state == S.BOOTING:
+            if not ctx.params.get("configure"):
+                return
+            lifecycle.advance(s, host, S.CONFIGURE, message="installed; running configuration playbooks",
+                              actor=actor, task_id=ctx.task_id, settings=ctx.settings)
+        elif host.state != S.CONFIGURING:
+            return  # resumed after this step already moved on (active, or failed by the timeout checker)
+        # configuring: either just entered, or resumed after a controller died mid-playbook; the
+        # playbooks are idempotent, so a resumed install runs them again from the start.
     from provisioner.conductor import configure
 
     configure.run_for_install(ctx, playbooks=ctx.params.get("playbooks"), engine=ctx.params.get("engine"))

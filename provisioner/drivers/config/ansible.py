@@ -285,6 +285,49 @@ def _playbook_binary() -> str:
     return found
 
 
+def _controller_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_dead_runs(runs_dir: Path) -> list[Path]:
+    """Delete the key copies (and temp dirs) that runs of a dead controller left behind.
+
+    A controller killed mid-run (SIGKILL, OOM, power cut) never reaches ``run()``'s
+    ``finally``, so that run's ``ssh/id`` copy of the controller's private key would
+    stay on disk for good. Run dirs are named ``<label>-<stamp>-<pid>-<thread>``; a
+    dir whose pid is not this process and no longer exists belongs to a dead
+    controller. (Its ``ansible-playbook`` is gone too: see ``run()``.) The artifacts
+    stay for the operator. A pid reused by an unrelated process only postpones the
+    sweep to a later run: the safe side.
+    """
+    removed: list[Path] = []
+    if not runs_dir.is_dir():
+        return removed
+    me = os.getpid()
+    for pdd in runs_dir.iterdir():
+        parts = pdd.name.rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not pdd.is_dir():
+            continue
+        pid = int(parts[1])
+        key = pdd / "ssh" / "id"
+        if pid == me or not (key.exists() or (pdd / "tmp").exists()) or _controller_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            key.unlink()
+            removed.append(key)
+        shutil.rmtree(pdd / "tmp", ignore_errors=True)
+    if removed:
+        log.warning("removed %d SSH key cop%s left by runs of a controller that died: %s", len(removed),
+                    "y" if len(removed) == 1 else "ies", ", ".join(str(k.parent.parent.name) for k in removed))
+    return removed
+
+
 def run(
     spec: RunSpec,
     settings: Settings,
@@ -299,6 +342,7 @@ def run(
     if not key_src.is_file():
         raise ConfigRunError(reason=f"SSH key {key_src} does not exist")
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dead_runs(settings.runs_dir)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     pdd = settings.runs_dir / f"{spec.label}-{stamp}-{os.getpid()}-{threading.get_ident() % 10000}"
     pdd.mkdir(parents=True, exist_ok=False, mode=0o700)
@@ -375,6 +419,13 @@ def run(
 
     started = time.monotonic()
     try:
+        # ansible-runner starts ansible-playbook through pexpect, i.e. on a pty in its own
+        # session whose master end only this process holds (the fd is not inherited across
+        # exec, PEP 446, and the controller forks nothing without exec). If the controller
+        # dies, even by SIGKILL,
+        # the kernel hangs the pty up and SIGHUPs the playbook and its forks, so a killed
+        # controller's run never keeps working on hosts next to the run a restarted
+        # controller starts (tests/integration/install/test_configure_killed.py).
         runner = ansible_runner.run(
             private_data_dir=str(pdd),
             playbook="main.yml",
