@@ -32,10 +32,40 @@ pytestmark = [
 ]
 
 
+MIRROR = "http://deb.debian.org/debian"
+
+
+def _installer_components_reachable() -> str | None:
+    """None if the mirror serves d-i's components (.udeb), else why not.
+
+    The netboot initrd loads most of the installer from the mirror as .udeb
+    packages; a package proxy that serves only .deb files (as on the CI
+    machines here: 404 for every .udeb) stops d-i at "Download installer
+    components" with a dialog nobody answers.
+    """
+    import lzma
+
+    import httpx
+
+    try:
+        index = httpx.get(f"{MIRROR}/dists/bookworm/main/debian-installer/binary-amd64/Packages.xz", timeout=30)
+        index.raise_for_status()
+        text = lzma.decompress(index.content).decode()
+        stanza = text.split("Package: apt-mirror-setup\n", 1)[1]
+        filename = next(ln.split(": ", 1)[1] for ln in stanza.splitlines() if ln.startswith("Filename: "))
+        status = httpx.head(f"{MIRROR}/{filename}", timeout=30).status_code
+    except (httpx.HTTPError, IndexError, StopIteration, lzma.LZMAError) as exc:
+        return f"the Debian installer index is not reachable ({exc.__class__.__name__})"
+    return None if status == 200 else f"the mirror answers {status} for installer components ({filename})"
+
+
 def test_debian_installer_with_our_preseed_installs_to_active() -> None:
     require_root()
     require_binary(str(DI_DIR / "linux"), "libvirtd", "qemu-system-x86_64", "dnsmasq", "ipmi_sim",
                    "apt-cacher-ng", "ssh")
+    why = _installer_components_reachable()
+    if why:
+        pytest.skip(f"a full d-i run cannot work here: {why}")
     ctl = {"install_wait_timeout": TIMEOUT, "deploy_wait_timeout": TIMEOUT, "ssh_wait_timeout": 900.0}
     with lab_rig(1, memory_mib=1024, controller=ctl) as rig:
         name, ip = rig.spec.host_name(0), rig.spec.host_ip(0)
