@@ -295,6 +295,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="per latency measurement (mixed load: twice that)")
     ap.add_argument("--backend", default="sqlite,postgres")
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
     if shutil.which("wrk") is None:
         sys.exit("bench/api needs wrk: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="prov-bench-"))
@@ -324,7 +325,7 @@ def main() -> None:
     for r in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     print("\nmixed row: prov req/s | non-2xx | bare req/s | - | ratio prov/bare (higher is better) | prov p99 | cpu")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+    print(f"load average at the start: {load_start:.1f}, at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(wall-clock figures are only meaningful on an otherwise idle machine; CPU ms/req much less so)")
 
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import provisioner.api.routes as routes_pkg
 from provisioner import __version__
 from provisioner.api.deps import require_token
-from provisioner.api.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from provisioner.api.middleware import BodyLimitMiddleware, GcTuningMiddleware, Metrics, MetricsMiddleware
 from provisioner.errors import ProvError
 from provisioner.secrets import mask
 from provisioner.settings import Settings, get_settings
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # runs before any route reads the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(GcTuningMiddleware)  # after start-up: gc.freeze() and fewer young collections
 
     for mod_info in sorted(pkgutil.iter_modules(routes_pkg.__path__), key=lambda m: m.name):
         try:

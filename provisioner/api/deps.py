@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
 
 from provisioner.db import get_engine
 from provisioner.errors import Unauthorized
@@ -20,13 +21,27 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def settings_dep(request: Request) -> Settings:
+# The dependencies below are ``async def`` although they do no async work: FastAPI runs a plain
+# ``def`` dependency in the thread pool (a generator one twice, to enter and to exit), and those
+# thread hops cost more CPU than the work itself (bench/api). None of them blocks: a Session
+# connects on first use, inside the (thread-pool) endpoint; a token lookup that must query the
+# database is sent to the thread pool explicitly.
+
+
+async def settings_dep(request: Request) -> Settings:
     return getattr(request.app.state, "settings", None) or get_settings()
 
 
-def get_session(settings: Annotated[Settings, Depends(settings_dep)]) -> Iterator[Session]:
-    with Session(get_engine(settings), expire_on_commit=False) as session:
+async def get_session(settings: Annotated[Settings, Depends(settings_dep)]) -> AsyncIterator[Session]:
+    session = Session(get_engine(settings), expire_on_commit=False)
+    try:
         yield session
+    finally:
+        if session.in_transaction() and session.get_bind().dialect.name != "sqlite":
+            # Returning the connection rolls back: a round trip to a PostgreSQL server.
+            await run_in_threadpool(session.close)
+        else:
+            session.close()  # no connection held, or a local SQLite one: no waiting
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -38,28 +53,35 @@ CONTEXT_HEADER = "x-prov-context"
 # bench's hot path). A revoked token therefore stops working within this many seconds.
 TOKEN_CACHE_TTL = 10.0
 _TOKEN_CACHE_MAX = 1024
-_token_cache: dict[str, tuple[str, float]] = {}
+_token_cache: dict[tuple[str, str], tuple[str, float]] = {}
 
 
-def require_token(request: Request, session: SessionDep) -> str:
+def _lookup_token(settings: Settings, digest: str) -> str | None:
+    with Session(get_engine(settings)) as session:
+        row = session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+        return None if row is None or row.revoked else f"token:{row.name}"
+
+
+async def require_token(request: Request, settings: SettingsDep) -> str:
     """Operator auth: ``Authorization: Bearer <token>``; returns the token's name (the actor)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
-    digest = hash_token(token.strip())
-    cached = _token_cache.get(digest)
+    # Keyed by database too: one process may serve several apps (the tests do).
+    key = (settings.db_url, hash_token(token.strip()))
+    cached = _token_cache.get(key)
     if cached is not None and cached[1] > time.monotonic():
         actor = cached[0]
     else:
-        row = session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
-        if row is None or row.revoked:
-            _token_cache.pop(digest, None)
+        found = await run_in_threadpool(_lookup_token, settings, key[1])
+        if found is None:
+            _token_cache.pop(key, None)
             raise Unauthorized()
-        actor = f"token:{row.name}"
+        actor = found
         if len(_token_cache) > _TOKEN_CACHE_MAX:
             _token_cache.clear()
-        _token_cache[digest] = (actor, time.monotonic() + TOKEN_CACHE_TTL)
+        _token_cache[key] = (actor, time.monotonic() + TOKEN_CACHE_TTL)
     # Callers may say on whose behalf they act (``prov apply --git`` sends the commit), so
     # every history line written for this request names it. Printable ASCII only, bounded.
     context = request.headers.get(CONTEXT_HEADER, "")

@@ -7,7 +7,6 @@ maintain, unmaintain and abort.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
@@ -17,6 +16,7 @@ from provisioner import crud, lifecycle
 from provisioner import states as S
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
 from provisioner.api.pagination import Limit, Offset
+from provisioner.api.responses import json_response
 from provisioner.conductor import tasks
 from provisioner.errors import Conflict, InvalidInput, InvalidTransition
 from provisioner.schemas import HOST_SORT_KEYS, HostCreate, HostPublic, HostUpdate, Page, TransitionRequest
@@ -40,32 +40,33 @@ def list_hosts(
     sort: str = Query("name", description=f"one of {', '.join(HOST_SORT_KEYS)}; prefix '-' for descending"),
     limit: Limit = 100,
     offset: Offset = 0,
-) -> Page[HostPublic]:
+) -> Response:
     if state is not None and state not in S.ALL:
         raise InvalidInput(field="state", reason=f"unknown state {state!r}")
     rows, total = crud.list_hosts(session, state=state, rack=rack, role=role, power_state=power_state,
                                   profile=profile, name=name, sort=sort, limit=limit, offset=offset)
     # Serialised here, once: the rows are HostPublic-shaped dicts built from our own columns, so
     # validating them again as models would double the cost of a 100-host page (bench/api).
-    body = json.dumps({"data": rows, "count": total, "limit": limit, "offset": offset}, separators=(",", ":"))
-    return Response(body, media_type="application/json")  # type: ignore[return-value]
+    return json_response({"data": rows, "count": total, "limit": limit, "offset": offset})
 
 
 @router.post("", status_code=201, response_model=HostPublic, responses=_CONFLICT)
-def create_host(body: HostCreate, session: SessionDep, actor: ActorDep, settings: SettingsDep) -> HostPublic:
+def create_host(body: HostCreate, session: SessionDep, actor: ActorDep, settings: SettingsDep) -> Response:
     host = crud.create_host(session, data=body, actor=actor, settings=settings)
-    return crud.host_public(session, host)
+    return json_response(crud.host_public_dict(session, host), status_code=201)
 
 
 @router.get("/{host}", response_model=HostPublic)
-def get_host(host: str, session: SessionDep) -> HostPublic:
-    return crud.host_public(session, crud.get_host(session, host))
+def get_host(host: str, session: SessionDep) -> Response:
+    # Like the listing: a HostPublic-shaped dict straight from the row, serialised once
+    # (response_model documents it).
+    return json_response(crud.host_public_dict(session, host))
 
 
 @router.patch("/{host}", response_model=HostPublic, responses=_CONFLICT)
-def update_host(host: str, body: HostUpdate, session: SessionDep, settings: SettingsDep) -> HostPublic:
+def update_host(host: str, body: HostUpdate, session: SessionDep, settings: SettingsDep) -> Response:
     row = crud.update_host(session, crud.get_host(session, host), data=body, settings=settings)
-    return crud.host_public(session, row)
+    return json_response(crud.host_public_dict(session, row.id or 0))  # as committed, read back
 
 
 @router.delete("/{host}", status_code=204, responses={409: {"description": "the host is mid-task"}})
@@ -76,7 +77,7 @@ def delete_host(host: str, session: SessionDep) -> Response:
 
 @router.post("/{host}/transition", response_model=HostPublic, responses=_CONFLICT)
 def transition(host: str, body: TransitionRequest, session: SessionDep, actor: ActorDep,
-               settings: SettingsDep) -> HostPublic:
+               settings: SettingsDep) -> Response:
     """Operator events only: ``maintain``, ``unmaintain``, ``abort``. 409 names the current state."""
     row = crud.get_host(session, host)
     try:
@@ -101,4 +102,4 @@ def transition(host: str, body: TransitionRequest, session: SessionDep, actor: A
         for task in active + pending:
             if task.id is not None:
                 runner.cancel(task.id)
-    return crud.host_public(session, row)
+    return json_response(crud.host_public_dict(session, row))
