@@ -183,3 +183,7 @@ class InventoryApply(SQLModel, table=True):
     ok: bool = Field(default=True)
     actor: str = Field(default="", max_length=256)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+    # The controller's latest periodic drift check against this inventory (conductor/drift_check.py):
+    # when it ran and what it found (a list of {object, kind, detail}); None until the first pass.
+    drift_checked_at: datetime | None = Field(default=None)
+    drift: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

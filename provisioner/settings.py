@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     ssh_wait_timeout: float = 900.0
     # How often the conductor looks for hosts past their state deadline (tests shorten it).
     timeout_check_interval: float = 30.0
+    # How often the controller compares reality with the last applied inventory (GitOps
+    # drift, see conductor/drift_check.py); 0 turns the periodic check off. Tests shorten it.
+    drift_check_interval: float = 300.0
 
     # Configuration (Ansible): the account and key prov connects with, and how
     # many hosts one run works on at once.

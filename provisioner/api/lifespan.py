@@ -25,7 +25,8 @@ from provisioner.settings import Settings
 log = logging.getLogger(__name__)
 
 OPTIONAL_SERVICES = ("provisioner.conductor.power_sync", "provisioner.drivers.boot.service",
-                     "provisioner.templates_catalog")  # render-checks every template at start-up
+                     "provisioner.templates_catalog",  # render-checks every template at start-up
+                     "provisioner.conductor.drift_check")  # GitOps drift vs the last applied inventory
 
 
 def _module_exists(name: str) -> bool:

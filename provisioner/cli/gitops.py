@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,85 @@ def apply_cmd(
     raise typer.Exit(1 if result.failed else 0)
 
 
+def _show_drift(rows: list[dict[str, Any]], output: OutputFormat, applied: bool) -> None:
+    if output == OutputFormat.table:
+        if not applied:
+            sys.stdout.write("Nothing applied yet: no drift to report.\n")
+        elif not rows:
+            sys.stdout.write("No drift. Reality matches the last applied inventory.\n")
+        else:
+            emit(rows, output, columns=["object", "kind", "detail"])
+    else:
+        emit(rows, output)
+
+
+def _last_drift(output: OutputFormat) -> None:
+    """The controller's latest periodic result, as stored (nothing recomputed)."""
+    try:
+        with ProvClient() as client:
+            last = client.get("/api/v1/gitops/drift/last")
+    except ProvError as exc:
+        raise fail(_one_line(exc), 1) from None
+    rows: list[dict[str, Any]] = list(last.get("drift") or [])
+    if output == OutputFormat.table:
+        if last.get("applied_id") is None:
+            sys.stdout.write("Nothing applied yet: no drift to report.\n")
+            raise typer.Exit(0)
+        if not last.get("checked_at"):
+            every = float(last.get("interval") or 0)
+            sys.stdout.write("The controller has not checked the last applied inventory yet"
+                             + (f" (it checks every {every:.0f} s).\n" if every else " (periodic check is off).\n"))
+            raise typer.Exit(0)
+        sys.stdout.write(f"Last periodic check: {last['checked_at']}\n")
+        _show_drift(rows, output, True)
+    else:
+        emit(last, output)
+    raise typer.Exit(1 if rows else 0)
+
+
+def _config_drift(hosts: list[str], output: OutputFormat, timeout: float) -> None:
+    """Ansible check mode on the active hosts of the applied inventory (a controller task)."""
+    try:
+        with ProvClient() as client:
+            task = client.post("/api/v1/gitops/drift/config", json={"hosts": hosts})
+            if output == OutputFormat.table:
+                sys.stderr.write(f"task {task['id']} started: checking configuration in Ansible check mode\n")
+            deadline = time.monotonic() + timeout
+            while task["status"] not in ("succeeded", "failed", "cancelled"):
+                if time.monotonic() > deadline:
+                    raise fail(f"task {task['id']} still {task['status']} after {timeout:.0f} s", 1)
+                time.sleep(1)
+                task = client.get(f"/api/v1/tasks/{task['id']}")
+    except ProvError as exc:
+        raise fail(_one_line(exc), 1) from None
+    if task["status"] != "succeeded":
+        raise fail(f"config drift check {task['status']}: {task.get('error') or ''}", 1)
+    result = task.get("result") or {}
+    rows: list[dict[str, Any]] = list(result.get("drift") or [])
+    if output == OutputFormat.table:
+        sys.stdout.write(f"Checked {len(result.get('checked') or [])} active host(s) in check mode.\n")
+        _show_drift(rows, output, True)
+    else:
+        emit(rows, output)
+    raise typer.Exit(1 if rows else 0)
+
+
 @app.command("drift")
-def drift_cmd(output: OutputFormat = OutputOpt) -> None:
+def drift_cmd(
+    last: bool = typer.Option(False, "--last", help="show the controller's latest periodic check (no recompute)"),
+    config: bool = typer.Option(False, "--config", help="run the active hosts' playbooks in Ansible check mode "
+                                "(changes nothing) and report configuration changed by hand"),
+    host: list[str] = typer.Option([], "--host", help="with --config: only this host (repeatable)"),
+    timeout: float = typer.Option(3600, "--timeout", help="with --config: seconds to wait for the check"),
+    output: OutputFormat = OutputOpt,
+) -> None:
     """Report objects that differ from the last applied inventory. Exit 1 if anything drifted."""
+    if last and config:
+        raise fail("--last and --config exclude each other", 1)
+    if last:
+        _last_drift(output)
+    if config:
+        _config_drift(host, output, timeout)
     try:
         with ProvClient() as client:
             world = fetch(client)
@@ -147,15 +224,7 @@ def drift_cmd(output: OutputFormat = OutputOpt) -> None:
         raise fail(_one_line(exc), 1) from None
     found = drift_mod.detect(world)
     rows: list[dict[str, Any]] = drift_mod.to_dicts(found)
-    if output == OutputFormat.table:
-        if not world.applied or not world.applied.get("document"):
-            sys.stdout.write("Nothing applied yet: no drift to report.\n")
-        elif not rows:
-            sys.stdout.write("No drift. Reality matches the last applied inventory.\n")
-        else:
-            emit(rows, output, columns=["object", "kind", "detail"])
-    else:
-        emit(rows, output)
+    _show_drift(rows, output, bool(world.applied and world.applied.get("document")))
     raise typer.Exit(1 if rows else 0)
 
 

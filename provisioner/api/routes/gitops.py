@@ -12,7 +12,9 @@ from sqlmodel import col, select
 
 from provisioner import secrets
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
+from provisioner.conductor import drift_check, drift_config
 from provisioner.models import InventoryApply, utcnow
+from provisioner.schemas import TaskPublic
 
 router = APIRouter(tags=["gitops"])
 
@@ -60,3 +62,31 @@ def put_applied(body: AppliedIn, session: SessionDep, settings: SettingsDep, act
     session.refresh(row)
     return AppliedOut(**body.model_dump(), id=row.id, actor=actor, created_at=row.created_at.isoformat(),
                       salt=_salt(settings))
+
+
+class DriftOut(BaseModel):
+    applied_id: int | None = None
+    checked_at: str | None = Field(default=None, description="when the controller's periodic check last ran")
+    interval: float = Field(description="seconds between periodic checks (0: the periodic check is off)")
+    count: int = 0
+    drift: list[dict[str, str]] = Field(default_factory=list, description="object, kind, detail")
+
+
+@router.get("/gitops/drift/last", response_model=DriftOut)
+def get_last_drift(session: SessionDep, settings: SettingsDep) -> DriftOut:
+    """The controller's latest periodic drift check against the last applied inventory (not recomputed)."""
+    return DriftOut(**drift_check.last_result(session), interval=settings.drift_check_interval)
+
+
+class ConfigDriftIn(BaseModel):
+    hosts: list[str] = Field(default_factory=list, max_length=10000,
+                             description="only these hosts of the applied inventory (default: every active one)")
+
+
+@router.post("/gitops/drift/config", status_code=202, response_model=TaskPublic)
+def check_config_drift(body: ConfigDriftIn, session: SessionDep, settings: SettingsDep,
+                       actor: ActorDep) -> TaskPublic:
+    """Run each active host's playbooks in Ansible check mode (changes nothing); the task's result
+    lists hosts whose configuration differs (drift kind ``config``, naming the tasks)."""
+    task = drift_config.submit(session, hosts=body.hosts or None, actor=actor, settings=settings)
+    return TaskPublic.model_validate(task)

@@ -20,6 +20,7 @@ from provisioner import crud
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, require_token
 from provisioner.api.middleware import Metrics
+from provisioner.conductor import drift_check
 from provisioner.db import get_engine
 from provisioner.models import Task
 from provisioner.settings import Settings
@@ -39,6 +40,32 @@ class _HostStates(Collector):
         for state in sorted(S.ALL):
             g.add_metric([state], counts.get(state, 0))
         yield g
+
+
+class _Drift(Collector):
+    """The controller's latest periodic drift check (conductor/drift_check.py), read at scrape time."""
+
+    KINDS = ("missing", "changed", "failed", "not-installed", "unconfigured", "guest-missing", "powered-off")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with Session(get_engine(self.settings)) as s:
+            last = drift_check.last_result(s)
+        g = GaugeMetricFamily("prov_drift_objects", "Objects drifted from the last applied inventory, per kind "
+                              "(latest periodic check)", labels=["kind"])
+        counts: dict[str, int] = dict.fromkeys(self.KINDS, 0)
+        for d in last["drift"]:
+            counts[str(d.get("kind"))] = counts.get(str(d.get("kind")), 0) + 1
+        for kind in sorted(counts):
+            g.add_metric([kind], counts[kind])
+        yield g
+        ts = GaugeMetricFamily("prov_drift_last_check_timestamp_seconds",
+                               "Unix time of the latest periodic drift check (0: none yet)")
+        checked = last["checked_at"]
+        ts.add_metric([], datetime.fromisoformat(checked).timestamp() if checked else 0.0)
+        yield ts
 
 
 class _TaskDurations:
@@ -76,6 +103,7 @@ def _collectors(request: Request) -> _TaskDurations:
     if durations is None:
         metrics: Metrics = app.state.metrics
         metrics.registry.register(_HostStates(app.state.settings))
+        metrics.registry.register(_Drift(app.state.settings))
         durations = app.state.task_durations = _TaskDurations(metrics, app.state.settings)
     return durations
 

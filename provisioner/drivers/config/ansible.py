@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -92,6 +93,9 @@ class RunSpec:
     forks: int = 16
     timeout: float = 3600.0
     label: str = "run"
+    # Check mode (``ansible-playbook --check --diff``): modules only report what they would
+    # change, nothing is changed; used by config drift detection (conductor/drift_config.py).
+    check: bool = False
 
 
 @dataclass
@@ -432,7 +436,8 @@ def run(
             # an explicit binary puts the runner in "raw" mode, which does not
             # append the playbook: it goes in through cmdline instead
             binary=_playbook_binary(),
-            cmdline=str(pdd / "project" / "main.yml"),
+            # (ansible-runner shlex-splits it: quoted, a data dir with a space still works)
+            cmdline=shlex.join([str(pdd / "project" / "main.yml"), *(["--check", "--diff"] if spec.check else [])]),
             inventory=str(pdd / "inventory" / "hosts.json"),
             extravars={"prov": spec.prov},
             envvars=envvars,
