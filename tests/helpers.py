@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,3 +53,15 @@ def assert_golden(relpath: str, actual: str) -> None:
         return
     expected = path.read_text()
     assert actual == expected, f"rendered output differs from {path} (PROV_UPDATE_GOLDEN=1 to accept)"
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
+    """Terminate a peer process the test started; kill it if it does not exit within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)

@@ -16,7 +16,6 @@ per pass, so a host powered off for a week does not fill its history.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +24,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from provisioner import crud
+from provisioner.conductor.periodic import start_periodic
 from provisioner.db import get_engine
 from provisioner.errors import ProvError
 from provisioner.gitops import drift as drift_mod
@@ -193,22 +193,4 @@ def start(settings: Settings | None = None, interval: float | None = None,
     on a daemon thread; returns the stop callable."""
     settings = settings or get_settings()
     interval = interval if interval is not None else settings.drift_check_interval
-    stop_event = threading.Event()
-    if interval <= 0:
-        return stop_event.set
-
-    def loop() -> None:
-        while not stop_event.wait(interval):
-            try:
-                check_once(settings, list_guests=list_guests)
-            except Exception:  # keep checking: one bad pass (DB restart) must not end the job
-                log.exception("drift check failed")
-
-    thread = threading.Thread(target=loop, name="prov-drift-check", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        stop_event.set()
-        thread.join(timeout=10)
-
-    return stop
+    return start_periodic("drift-check", interval, lambda: check_once(settings, list_guests=list_guests))

@@ -8,13 +8,13 @@ state; this checker moves every host past its deadline through the table
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from sqlmodel import Session, col, select
 
 from provisioner import lifecycle
 from provisioner import states as S
+from provisioner.conductor.periodic import start_periodic
 from provisioner.db import get_engine
 from provisioner.errors import Conflict, ProvError
 from provisioner.models import Host, utcnow
@@ -73,20 +73,4 @@ def start(settings: Settings | None = None, interval: float | None = None) -> Ca
     daemon thread; returns the stop callable."""
     settings = settings or get_settings()
     interval = interval if interval is not None else settings.timeout_check_interval
-    stop_event = threading.Event()
-
-    def loop() -> None:
-        while not stop_event.wait(interval):
-            try:
-                check_once(settings)
-            except Exception:  # keep checking: one bad pass (DB restart) must not end the job
-                log.exception("timeout check failed")
-
-    thread = threading.Thread(target=loop, name="prov-timeouts", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        stop_event.set()
-        thread.join(timeout=5)
-
-    return stop
+    return start_periodic("timeouts", interval, lambda: check_once(settings), join_timeout=5)
