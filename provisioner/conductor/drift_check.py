@@ -16,7 +16,7 @@ per pass, so a host powered off for a week does not fill its history.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,33 +67,28 @@ def latest_applied(session: Session) -> InventoryApply | None:
     return session.exec(select(InventoryApply).order_by(col(InventoryApply.id).desc()).limit(1)).first()
 
 
+def _all_pages(fetch: Callable[[int], tuple[Sequence[Any], int]]) -> Iterator[Any]:
+    """Every row of a paged crud listing (``fetch(offset) -> (rows, total)``)."""
+    offset = 0
+    while True:
+        rows, total = fetch(offset)
+        yield from rows
+        offset += len(rows)
+        if not rows or offset >= total:
+            return
+
+
 def world_from_db(session: Session, settings: Settings, row: InventoryApply,
                   list_guests: GuestLister | None = None) -> tuple[World, set[str]]:
     """The World as the API would list it, and the hosts whose guests could not be listed."""
     world = World(applied=applied_dict(row))
-    offset = 0
-    while True:
-        profiles, total = crud.list_profiles(session, limit=PAGE, offset=offset)
-        for p in profiles:
-            d = ProfilePublic.model_validate(p).model_dump(mode="json")
-            world.profiles[d["name"]] = d
-        offset += len(profiles)
-        if not profiles or offset >= total:
-            break
-    offset = 0
-    while True:
-        racks, total = crud.list_racks(session, limit=PAGE, offset=offset)
-        world.racks.update({r.name: r.model_dump(mode="json") for r in racks})
-        offset += len(racks)
-        if not racks or offset >= total:
-            break
-    offset = 0
-    while True:
-        hosts, total = crud.list_hosts(session, limit=PAGE, offset=offset)
-        world.hosts.update({str(h["name"]): h for h in hosts})
-        offset += len(hosts)
-        if not hosts or offset >= total:
-            break
+    for prof in _all_pages(lambda o: crud.list_profiles(session, limit=PAGE, offset=o)):
+        d = ProfilePublic.model_validate(prof).model_dump(mode="json")
+        world.profiles[d["name"]] = d
+    world.racks.update({r.name: r.model_dump(mode="json")
+                        for r in _all_pages(lambda o: crud.list_racks(session, limit=PAGE, offset=o))})
+    world.hosts.update({str(h["name"]): h
+                        for h in _all_pages(lambda o: crud.list_hosts(session, limit=PAGE, offset=o))})
     unknown: set[str] = set()
     inv = drift_mod.inventory_from_applied(world.applied or {})
     lister = list_guests or _libvirt_guests
