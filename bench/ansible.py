@@ -2,7 +2,7 @@
 
 Run as root:  .venv/bin/python bench/ansible.py [--sizes 1,4,8] [--engine docker] [--repeat 2]
 
-1. Scaling: fresh namespace hosts (provisioner.testing.nshost) configured by the
+1. Scaling: fresh namespace hosts (tests.support.nshost) configured by the
    real configure path (API-less: conductor.configure.submit -> task runner ->
    ansible-runner, history written to SQLite). Prints t(N) and t(8)/t(1)
    (target <= 2).
@@ -38,7 +38,7 @@ from provisioner.drivers.config import ansible  # noqa: E402
 from provisioner.drivers.config.inventory import build_inventory  # noqa: E402
 from provisioner.models import Host, Task  # noqa: E402
 from provisioner.settings import Settings  # noqa: E402
-from provisioner.testing import nshost  # noqa: E402
+from tests.support import nshost  # noqa: E402
 
 
 def prov_run(settings: Settings, names: list[str], playbooks: list[str], engine: str) -> tuple[float, Task]:

@@ -307,7 +307,7 @@ def main() -> None:
             if backend == "sqlite":
                 rows += run_backend("sqlite", Settings(data_dir=data_dir), args.hosts, args.seconds, workdir)
             elif backend == "postgres":
-                from provisioner.testing import pg
+                from tests.support import pg
 
                 with pg.running() as server:
                     dbname = server.create_database()

@@ -26,7 +26,7 @@ from provisioner.db import get_engine
 from provisioner.gitops import inventory as inv_mod
 from provisioner.gitops.apply import build_plan
 from provisioner.models import Host, Nic, Rack
-from provisioner.testing.controller import live_controller
+from tests.support.controller import live_controller
 
 TARGET = {1000: 2.0, 10000: 15.0}
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from provisioner.conductor import power as power_service  # noqa: E402
 from provisioner.drivers.power import ipmi  # noqa: E402
 from provisioner.drivers.power.base import BmcSpec, PowerState  # noqa: E402
-from tests.fixtures.power import IpmiSim, add_host, add_rack, power_settings  # noqa: E402
+from tests.support.power import IpmiSim, add_host, add_rack, power_settings  # noqa: E402
 
 PASSWORD = "bench-pw-0123"
 

@@ -1,9 +1,9 @@
 """bench/rack: lab racks of N hosts through image-based install; t(N)/t(1) and where the time goes.
 
-Each size gets a fresh lab (provisioner.testing.labrig: private libvirtd, live
+Each size gets a fresh lab (tests.support.labrig: private libvirtd, live
 controller on loopback, TCG guests with ipmi_sim BMCs on a host-only bridge)
 and one ``POST /racks/lab/provision`` with concurrency N. Phases come from
-the hosts' history timestamps (provisioner.testing.labrig.PHASES):
+the hosts' history timestamps (tests.support.labrig.PHASES):
 
   power           installing -> install-wait: BMC power off, boot device, netboot on, power on (controller)
   netboot         install-wait -> agent fetched: DHCP, iPXE, ramdisk kernel + initrd over HTTP, ramdisk boot
@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from provisioner.testing.labrig import host_events, lab_rig, phase_breakdown
+from tests.support.labrig import host_events, lab_rig, phase_breakdown
 
 PHASE_NAMES = ("power", "power.bmc", "power.controller", "netboot", "image", "first-boot+ssh", "ansible")
 REDUCED_VARS = {"hardening_auto_updates": False, "hardening_auditd": False, "hardening_remove_packages": False,

@@ -1,6 +1,6 @@
 """bench/virt: guest lifecycle latency of prov's libvirt driver vs libvirt's own tools, same run, same spec.
 
-A private libvirtd (provisioner.testing.libvirtd: own network and mount namespace) runs
+A private libvirtd (provisioner.lab.libvirtd: own network and mount namespace) runs
 the guests under TCG. The spec: direct kernel boot of prov's test ramdisk, 128 MiB,
 1 vCPU, a 0.1 GiB virtio qcow2 disk, a virtio NIC with a fixed MAC on a NAT network,
 virtio-rng, virtio balloon, serial console logged to a file.
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner.drivers.virt.libvirt import NetworkSpec, open_connection
 from provisioner.drivers.virt.spec import GuestSpec
+from provisioner.lab.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
 from provisioner.lab.ramdisk import Ramdisk, ensure_ramdisk
-from provisioner.testing.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
 
 POOL, NET, SUBNET = "bench", "bench-nat", "10.232.0.0/24"
 MEMORY_MIB, DISK_GIB = 128, 0.1

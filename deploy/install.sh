@@ -30,8 +30,16 @@ DEV_PKGS=(
 PKGS=("${RUNTIME_PKGS[@]}")
 [ "$DEV" = 1 ] && PKGS+=("${DEV_PKGS[@]}")
 
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+# Root needs no sudo (a fresh Debian 12 machine has none installed); anyone else needs sudo.
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    echo "prov: deploy/install.sh needs root for apt: run it as root, or install sudo and run it as a sudo user" >&2
+    exit 1
+  fi
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -43,13 +51,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # prov and its tests start exactly what they need. policy-rc.d is removed again afterwards.
   made_policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${SUDO[@]}" chmod +x /usr/sbin/policy-rc.d
     made_policy=1
   fi
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO -E apt-get install -y -q --no-install-recommends "${missing[@]}"
-  [ "$made_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  "${SUDO[@]}" apt-get update -q
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  [ "$made_policy" = 1 ] && "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
 fi
 
 PY=${PYTHON:-python3}

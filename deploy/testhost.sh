@@ -4,8 +4,8 @@
 #   deploy/testhost.sh down NAME              remove them (namespaces, bridge, proxy, files)
 #   deploy/testhost.sh build NAME             just build/refresh the cached root
 # The root comes from /var/cache/prov-test/cfg (debootstrap once, ~100 s).
-# See provisioner/testing/nshost.py for what a host is and is not.
+# See tests/support/nshost.py for what a host is and is not.
 set -e
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$here/.venv/bin/python}"
-exec "$py" -m provisioner.testing.nshost "$@"
+exec "$py" -m tests.support.nshost "$@"

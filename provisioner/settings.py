@@ -19,7 +19,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # The repository root when running from a checkout; templates/ and playbooks/ live there.
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+# Templates and playbooks ship inside the package (package data), so a wheel install finds them too.
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _default_data_dir() -> Path:
@@ -75,8 +76,8 @@ class Settings(BaseSettings):
 
     # Where templates and playbooks are read from; operators' own templates
     # live in {data_dir}/templates and override the shipped ones.
-    templates_dir: Path = _REPO_ROOT / "templates"
-    playbooks_dir: Path = _REPO_ROOT / "playbooks"
+    templates_dir: Path = _PACKAGE_DIR / "templates"
+    playbooks_dir: Path = _PACKAGE_DIR / "playbooks"
 
     # Power
     power_concurrency: int = 64

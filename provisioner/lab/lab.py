@@ -148,7 +148,7 @@ def ensure_libvirtd(uri: str, lab_dir: Path) -> tuple[str, int | None]:
 
     ``uri`` empty means automatic: the machine's ``qemu:///system`` when a
     libvirtd already serves it (systemd machines), otherwise a libvirtd of the
-    lab's own under ``<lab_dir>/libvirt`` (``provisioner.testing.libvirtd``:
+    lab's own under ``<lab_dir>/libvirt`` (``provisioner.lab.libvirtd``:
     root QEMU, no cgroups, its own state and socket), stopped by ``lab down``.
     The lab does not start the machine's libvirtd by hand: with the packaged
     qemu.conf (QEMU as ``libvirt-qemu``) on a machine whose ``/dev/kvm`` that
@@ -167,7 +167,7 @@ def ensure_libvirtd(uri: str, lab_dir: Path) -> tuple[str, int | None]:
     for daemon in ("virtlogd", "libvirtd"):
         if shutil.which(daemon) is None:
             raise LabError(reason=f"{daemon} is not installed (deploy/install.sh installs the lab's packages)")
-    from provisioner.testing.libvirtd import start_libvirtd
+    from provisioner.lab.libvirtd import start_libvirtd
 
     sock = lab_dir / "libvirt" / "run" / "libvirt-sock"
     if len(str(sock)) > 107:  # sockaddr_un.sun_path holds 108 bytes with the NUL (unix(7))

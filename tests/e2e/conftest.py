@@ -1,4 +1,4 @@
-"""The e2e tier: a real virtual lab (provisioner.testing.labrig) installed through the workflow.
+"""The e2e tier: a real virtual lab (tests.support.labrig) installed through the workflow.
 
 Everything is started here and removed afterwards (also on failure): a private
 libvirtd, a live controller, the lab (host-only bridge ``prov-e2e-*``, TCG
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from provisioner.testing.labrig import Rig, host_events, lab_rig, phase_breakdown
-from tests.helpers import require_binary, require_root
+from tests.support.helpers import require_binary, require_root
+from tests.support.labrig import Rig, host_events, lab_rig, phase_breakdown
 
 HOSTS = 2
 # Budget of the whole rack install (TCG guests on a 2-core machine: ~10 min quiet, far more when

@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from provisioner.lab import bmc as labbmc
-from provisioner.testing.labrig import Rig, host_events
 from tests.e2e.conftest import VERIFY_IMAGE, Installed
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
+from tests.support.labrig import Rig, host_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 

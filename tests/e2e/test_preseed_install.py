@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.testing.labrig import host_events, lab_rig, phase_breakdown
-from tests.helpers import require_binary, require_root
+from tests.support.helpers import require_binary, require_root
+from tests.support.labrig import host_events, lab_rig, phase_breakdown
 
 DI_DIR = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 TIMEOUT = float(os.environ.get("PROV_E2E_PRESEED_TIMEOUT", "5400"))

@@ -26,9 +26,9 @@ from provisioner import states as S
 from provisioner.conductor.tasks import reset_runner
 from provisioner.db import get_engine
 from provisioner.models import Host, Rack
-from provisioner.testing import nshost
-from tests.fixtures.cli import LiveServer, start_inprocess_server
-from tests.helpers import require_binary, require_root
+from tests.support import nshost
+from tests.support.cli import LiveServer, start_inprocess_server
+from tests.support.helpers import require_binary, require_root
 
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
             "-o", "LogLevel=ERROR"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from provisioner import states as S
-from provisioner.testing import nshost
 from tests.integration.ansible.conftest import Api, ssh
+from tests.support import nshost
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_dynamic_inventory_from_the_database(ansible_lab: nshost.Lab, prov_api: 
     import os
     import sys
 
-    from tests.fixtures.cli import prov_executable
+    from tests.support.cli import prov_executable
 
     name = f"inv-{ansible_lab.hosts[1].name}"
     prov_api.add_host(name, ansible_lab.hosts[1].address, rack=f"rk-{ansible_lab.hosts[1].name}")
@@ -105,7 +105,8 @@ def test_dynamic_inventory_from_the_database(ansible_lab: nshost.Lab, prov_api: 
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PROV_URL": prov_api.server.url, "PROV_TOKEN": prov_api.server.token,
            "PROV_BIN": prov_executable(), "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([str(bindir / "ansible-inventory"), "-i", str(repo / "playbooks/inventory/prov_inventory.sh"),
+    inventory = repo / "provisioner/playbooks/inventory/prov_inventory.sh"
+    proc = subprocess.run([str(bindir / "ansible-inventory"), "-i", str(inventory),
                            "--list"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     inv = json.loads(proc.stdout)

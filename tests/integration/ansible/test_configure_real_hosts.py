@@ -15,9 +15,9 @@ import time
 import pytest
 
 from provisioner import states as S
-from provisioner.testing import nshost
-from tests.fixtures.cli import prov_executable
 from tests.integration.ansible.conftest import Api, ssh
+from tests.support import nshost
+from tests.support.cli import prov_executable
 
 pytestmark = pytest.mark.integration
 

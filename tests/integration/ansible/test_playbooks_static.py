@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
+PLAYBOOKS = REPO / "provisioner" / "playbooks"
 BIN = Path(sys.executable).parent
 
 
@@ -24,21 +25,21 @@ BIN = Path(sys.executable).parent
 def test_syntax_check(playbook: str) -> None:
     require_binary(str(BIN / "ansible-playbook"))
     proc = subprocess.run([str(BIN / "ansible-playbook"), "--syntax-check", "-i", "localhost,",
-                           str(REPO / "playbooks" / playbook)], capture_output=True, text=True, timeout=120)
+                           str(PLAYBOOKS / playbook)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_ansible_lint_production_profile() -> None:
     require_binary(str(BIN / "ansible-lint"))
-    proc = subprocess.run([str(BIN / "ansible-lint"), "--profile", "production", "--nocolor", "playbooks/"],
+    proc = subprocess.run([str(BIN / "ansible-lint"), "--profile", "production", "--nocolor", "provisioner/playbooks/"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
 def test_rhel_vars_exist_for_every_role() -> None:
     for role in ("hardening", "docker", "podman"):
-        debian = (REPO / "playbooks/roles" / role / "vars/Debian.yml").read_text()
-        rhel = (REPO / "playbooks/roles" / role / "vars/RedHat.yml").read_text()
+        debian = (PLAYBOOKS / "roles" / role / "vars/Debian.yml").read_text()
+        rhel = (PLAYBOOKS / "roles" / role / "vars/RedHat.yml").read_text()
         assert debian.strip() and rhel.strip()
 
 
@@ -50,7 +51,7 @@ def test_dynamic_inventory_script(tmp_path: Path) -> None:
     script = "#!/bin/sh\n[ \"$1 $2\" = 'inventory ansible' ] || exit 9\n"
     fake_prov.write_text(script + f"cat <<'EOF'\n{json.dumps(inv)}\nEOF\n")
     fake_prov.chmod(0o755)
-    proc = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(REPO / "playbooks/inventory/prov_inventory.sh"),
+    proc = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(PLAYBOOKS / "inventory/prov_inventory.sh"),
                            "--list"], capture_output=True, text=True, timeout=60,
                           env={"PROV_BIN": str(fake_prov), "PATH": f"{BIN}:/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from provisioner import states as S
-from provisioner.testing import nshost
 from tests.integration.ansible.conftest import Api, ssh
+from tests.support import nshost
 
 pytestmark = pytest.mark.integration
 

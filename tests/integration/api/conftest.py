@@ -1,6 +1,6 @@
 """Fixtures for the API tests: every test runs once on SQLite and once on PostgreSQL.
 
-A private PostgreSQL server is started for the session (provisioner.testing.pg);
+A private PostgreSQL server is started for the session (tests.support.pg);
 each test gets a fresh database copied from a migrated template (CREATE DATABASE
 ... TEMPLATE on PostgreSQL, a file copy on SQLite), so tests are independent and
 the schema always comes from the Alembic migrations, not from create_all().
@@ -25,8 +25,8 @@ from provisioner import auth, migrate
 from provisioner.api.app import create_app
 from provisioner.db import dispose_engines, get_engine
 from provisioner.settings import Settings
-from provisioner.testing import pg
-from tests.helpers import free_port
+from tests.support import pg
+from tests.support.helpers import free_port
 
 BACKENDS = ["sqlite", "postgres"]
 

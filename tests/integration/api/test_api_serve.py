@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fixtures.cli import ServeProcess, prov_executable, start_prov_serve
+from tests.support.cli import ServeProcess, prov_executable, start_prov_serve
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.cli import ServeProcess, prov_executable
-from tests.helpers import free_port
 from tests.integration.cli.conftest import Run, one_error_line
+from tests.support.cli import ServeProcess, prov_executable
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.integration
 

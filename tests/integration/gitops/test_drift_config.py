@@ -28,9 +28,9 @@ from provisioner import states as S
 from provisioner.conductor.tasks import reset_runner
 from provisioner.db import get_engine
 from provisioner.models import Event, Host, Profile
-from provisioner.testing import nshost
-from tests.fixtures.cli import LiveServer, prov_executable, start_inprocess_server
-from tests.helpers import require_binary, require_root
+from tests.support import nshost
+from tests.support.cli import LiveServer, prov_executable, start_inprocess_server
+from tests.support.helpers import require_binary, require_root
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.testing.controller import LiveController, live_controller
-from tests.helpers import require_binary
+from tests.support.controller import LiveController, live_controller
+from tests.support.helpers import require_binary
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.testing.serve import ServeProcess
-from tests.fixtures.install_faults import SSHD, Machine, Rig, make_machine
-from tests.helpers import require_binary, require_root
+from tests.support.helpers import require_binary, require_root
+from tests.support.install_faults import SSHD, Machine, Rig, make_machine
+from tests.support.serve import ServeProcess
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The controller SIGKILLed while an install's configuration playbooks run, restarted, the install finishing.
 
 Real peers only: ``prov serve`` as a subprocess, an ``ipmi_sim`` BMC, the test as
-iPXE + installer over HTTP (tests/fixtures/install_faults), and as the installed
-OS a Debian 12 namespace host (provisioner.testing.nshost: cached debootstrap
+iPXE + installer over HTTP (tests/support/install_faults), and as the installed
+OS a Debian 12 namespace host (tests.support.nshost: cached debootstrap
 root, its own net/pid/mount namespaces, sshd on a bridge address) that the
 controller really configures with the ``harden`` playbook through
 ansible-runner. The slow controls (apt installs, auditd, updates, package
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from provisioner import states as S
-from provisioner.testing import nshost
-from tests.fixtures.install_faults import Rig
-from tests.helpers import require_binary, require_root
+from tests.support import nshost
+from tests.support.helpers import require_binary, require_root
+from tests.support.install_faults import Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -23,7 +23,7 @@ from sqlmodel import Session, create_engine, select
 
 from provisioner import states as S
 from provisioner.models import Host
-from tests.fixtures.install_faults import Installer, Machine, Rig
+from tests.support.install_faults import Installer, Machine, Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

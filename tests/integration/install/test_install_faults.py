@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from provisioner import states as S
-from tests.fixtures.install_faults import Installer, Machine, Rig
+from tests.support.install_faults import Installer, Machine, Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.testing.controller import LiveController, live_controller
-from provisioner.testing.labrig import free_subnet
-from tests.fixtures.cli import prov_executable
-from tests.helpers import require_binary, require_root
+from tests.support.cli import prov_executable
+from tests.support.controller import LiveController, live_controller
+from tests.support.helpers import require_binary, require_root
+from tests.support.labrig import free_subnet
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_binary, require_root
+from tests.support.helpers import require_binary, require_root
 
 _counter = itertools.count()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.drivers.boot.dhcp import DhcpConfig, DnsmasqManager, HostEntry
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
 
 pytestmark = pytest.mark.integration
 

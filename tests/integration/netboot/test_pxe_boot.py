@@ -36,7 +36,7 @@ from sqlmodel import Session, select
 from provisioner import states as S
 from provisioner.models import Event, Host, Nic, Profile
 from provisioner.settings import Settings
-from tests.helpers import free_port, require_binary, require_root
+from tests.support.helpers import free_port, require_binary, require_root
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def lab(bridge_net, tmp_path):
     from provisioner.migrate import upgrade
 
     for name in ("boot.j2", "install.j2"):
-        text = (Path(__file__).resolve().parents[3] / "templates" / "ipxe" / name).read_text()
+        text = (Path(__file__).resolve().parents[3] / "provisioner" / "templates" / "ipxe" / name).read_text()
         if re.search(r"^\s*inc\s", text, re.M):
             pytest.fail(f"templates/ipxe/{name} uses `inc`: Debian 12's iPXE (ipxe/ipxe-qemu 1.0.0+git-20190125) "
                         "fails it with 'Could not store \"prov_tries\": Operation not supported' and the script "

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.drivers.boot import tftp as T
-from tests.helpers import free_port, require_binary
+from tests.support.helpers import free_port, require_binary
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.lab.ramdisk import Ramdisk, ensure_ramdisk
-from tests.helpers import require_binary
 from tests.integration.payloads.qemu import QEMU, Guest, start_guest
+from tests.support.helpers import require_binary
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import pytest
 
 from provisioner.lab.images import DiskImage, file_sha256
 from provisioner.lab.ramdisk import Ramdisk
-from tests.helpers import require_binary
 from tests.integration.payloads.fake_controller import (
     MAC,
     agent_context,
@@ -27,6 +26,7 @@ from tests.integration.payloads.fake_controller import (
     run_deploy,
     serve,
 )
+from tests.support.helpers import require_binary
 
 pytestmark = pytest.mark.integration
 

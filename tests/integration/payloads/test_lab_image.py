@@ -17,7 +17,6 @@ import pytest
 
 from provisioner.lab.images import DiskImage, ensure_image
 from provisioner.lab.ramdisk import Ramdisk
-from tests.helpers import free_port, require_binary, require_root
 from tests.integration.payloads.fake_controller import (
     ADMIN,
     MAC,
@@ -27,6 +26,7 @@ from tests.integration.payloads.fake_controller import (
     run_deploy,
     serve,
 )
+from tests.support.helpers import free_port, require_binary, require_root
 
 pytestmark = [
     pytest.mark.integration,

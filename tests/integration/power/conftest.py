@@ -1,7 +1,7 @@
 """Fixtures for the power integration tests: real ipmi_sim, sushy-emulator and virtualbmc peers.
 
 Every peer is started by the test that needs it and stopped afterwards; ports
-are picked free; state lives in tmp_path. Helpers live in tests/fixtures/power.py.
+are picked free; state lives in tmp_path. Helpers live in tests/support/power.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from provisioner.conductor import power as power_mod
 from provisioner.conductor.power import PowerService
 from provisioner.drivers.power import ipmi as ipmi_mod
 from provisioner.settings import Settings
-from tests.fixtures.power import IpmiSim, SushyEmulator, VirtualBmc, power_settings
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
+from tests.support.power import IpmiSim, SushyEmulator, VirtualBmc, power_settings
 
 
 def require_module(*names: str) -> None:

@@ -11,8 +11,8 @@ from typer.testing import CliRunner, Result
 import provisioner.cli.power  # noqa: F401  (registers the commands)
 from provisioner.cli.groups import app
 from provisioner.conductor import power as power_mod
-from tests.fixtures.cli import LiveServer, start_inprocess_server
-from tests.fixtures.power import IpmiSim, add_host, add_rack, free_udp_port
+from tests.support.cli import LiveServer, start_inprocess_server
+from tests.support.power import IpmiSim, add_host, add_rack, free_udp_port
 
 pytestmark = pytest.mark.integration
 

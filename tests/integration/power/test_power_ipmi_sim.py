@@ -19,7 +19,7 @@ from provisioner.drivers.power.base import BootDevice, BootSetting
 from provisioner.errors import BmcAuthError
 from provisioner.models import Event
 from provisioner.settings import Settings
-from tests.fixtures.power import IpmiSim, add_host, add_rack, free_udp_port, get_host
+from tests.support.power import IpmiSim, add_host, add_rack, free_udp_port, get_host
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, Pow
 from provisioner.drivers.power.redfish import RedfishPower
 from provisioner.errors import BmcAuthError, BmcUnreachable
 from provisioner.settings import Settings
-from tests.fixtures.power import SushyEmulator, VirtualBmc, add_host, get_host
+from tests.support.power import SushyEmulator, VirtualBmc, add_host, get_host
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from provisioner.db import get_engine
 from provisioner.errors import ProvError
 from provisioner.models import Event, Host, Task
 from provisioner.settings import Settings
-from tests.fixtures.power import IpmiSim, SushyEmulator, add_host, add_rack
+from tests.support.power import IpmiSim, SushyEmulator, add_host, add_rack
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from provisioner import states as S
 from provisioner.db import get_engine
 from provisioner.models import Host
 from provisioner.settings import Settings
-from tests.fixtures.install import add_host, live_server, wait_tasks
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
+from tests.support.install import add_host, live_server, wait_tasks
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ import yaml
 from provisioner import templates_catalog as cat
 from provisioner.render import render
 from provisioner.settings import Settings
-from tests.fixtures.install import make_settings
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
+from tests.support.install import make_settings
 
 pytestmark = pytest.mark.integration
 

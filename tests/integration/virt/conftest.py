@@ -1,6 +1,6 @@
 """A real libvirtd (QEMU driver; TCG on these machines) started by the test session itself.
 
-It runs in its own network namespace and mount namespace (provisioner.testing.libvirtd), so
+It runs in its own network namespace and mount namespace (provisioner.lab.libvirtd), so
 bridges, dnsmasq, iptables rules and libvirt's state never touch the machine; everything is
 removed at the end of the session.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.drivers.virt.libvirt import NetworkSpec, VirtConnection, open_connection
-from provisioner.testing.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
-from tests.helpers import require_binary, require_root
+from provisioner.lab.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
+from tests.support.helpers import require_binary, require_root
 
 POOL = "prov-it"
 NET = "prov-it-nat"

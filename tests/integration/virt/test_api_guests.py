@@ -12,8 +12,8 @@ from sqlmodel import Session
 
 from provisioner import auth, migrate
 from provisioner.db import get_engine
+from provisioner.lab.libvirtd import LibvirtdHandle
 from provisioner.settings import Settings
-from provisioner.testing.libvirtd import LibvirtdHandle
 from tests.integration.virt.conftest import NET, POOL
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 
 from provisioner.drivers.virt.libvirt import VirtConnection
 from provisioner.drivers.virt.spec import GuestSpec
-from provisioner.testing.libvirtd import LibvirtdHandle
+from provisioner.lab.libvirtd import LibvirtdHandle
 from tests.integration.virt.conftest import NET, POOL
 
 pytestmark = pytest.mark.integration

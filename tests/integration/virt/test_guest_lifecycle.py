@@ -12,7 +12,7 @@ from provisioner.drivers.virt import preflight as pf
 from provisioner.drivers.virt.libvirt import VirtConnection
 from provisioner.drivers.virt.spec import GuestSpec
 from provisioner.errors import Conflict, VirtRefused
-from provisioner.testing.libvirtd import LibvirtdHandle
+from provisioner.lab.libvirtd import LibvirtdHandle
 from tests.integration.virt.conftest import NET, POOL
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.drivers.virt import preflight as pf
-from tests.helpers import free_port, require_binary, require_root
+from tests.support.helpers import free_port, require_binary, require_root
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import pytest
 
 from provisioner.conductor.tasks import TaskContext, get_runner
 from provisioner.errors import Conflict
-from provisioner.testing.controller import live_controller
+from tests.support.controller import live_controller
 
 
 def test_cancel_a_running_task_then_409(tmp_path: Path) -> None:

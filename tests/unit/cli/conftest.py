@@ -17,7 +17,7 @@ import provisioner.cli.profile
 import provisioner.cli.rack
 import provisioner.cli.task  # noqa: F401  (registers commands)
 from provisioner.cli.groups import app
-from tests.fixtures.cli import LiveServer, start_inprocess_server
+from tests.support.cli import LiveServer, start_inprocess_server
 
 Prov = Callable[..., Result]
 

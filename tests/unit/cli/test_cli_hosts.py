@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 from tests.unit.cli.conftest import Prov, one_error_line
 
 PASSWORD = "s3cret-Pw-not-in-output"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.fixtures.cli import LiveServer
+from tests.support.cli import LiveServer
 from tests.unit.cli.conftest import Prov, one_error_line
 
 

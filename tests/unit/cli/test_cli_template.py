@@ -6,7 +6,7 @@ from sqlmodel import Session
 
 import provisioner.cli.template  # noqa: F401  (registers the commands)
 from provisioner.db import get_engine
-from tests.fixtures.install import add_host
+from tests.support.install import add_host
 from tests.unit.cli.conftest import one_error_line
 
 

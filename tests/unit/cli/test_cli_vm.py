@@ -30,9 +30,9 @@ from provisioner.drivers.virt import preflight as pf
 from provisioner.drivers.virt.libvirt import VirtConnection, open_connection
 from provisioner.models import Host
 from provisioner.settings import Settings
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
-TREES = Path(__file__).resolve().parents[2] / "fixtures" / "virt_trees"
+TREES = Path(__file__).resolve().parents[2] / "support" / "virt_trees"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from tests/fixtures/install.py)
+# ruff: noqa: F811  (pytest fixtures are imported from tests/support/install.py)
 """Installer reports: history, task result, done -> booting with netboot off, error -> install-failed."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from provisioner.conductor import install_callbacks as cb
 from provisioner.conductor import install_tokens
 from provisioner.errors import Conflict, Forbidden
 from provisioner.models import Event, Host, Task
-from tests.fixtures.install import add_host, db, settings, snapshot  # noqa: F401
+from tests.support.install import add_host, db, settings, snapshot  # noqa: F401
 
 
 def _events(db, host_id):

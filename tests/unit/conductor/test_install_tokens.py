@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from tests/fixtures/install.py)
+# ruff: noqa: F811  (pytest fixtures are imported from tests/support/install.py)
 """One-time install tokens: hash-only storage, expiry, revocation, malformed input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from provisioner.conductor import install_tokens
 from provisioner.errors import Forbidden
 from provisioner.models import utcnow
-from tests.fixtures.install import add_host, db, settings  # noqa: F401
+from tests.support.install import add_host, db, settings  # noqa: F401
 
 
 def test_mint_stores_only_a_hash_and_verify_returns_the_host(db, settings):

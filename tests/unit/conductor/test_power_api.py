@@ -18,7 +18,7 @@ from provisioner.conductor.power import PowerService
 from provisioner.db import get_engine
 from provisioner.drivers.power.base import BootDevice, BootSetting, PowerState
 from provisioner.errors import BmcAuthError
-from tests.fixtures.power import FakeBmc, FakeDriver, add_host, add_rack, power_settings
+from tests.support.power import FakeBmc, FakeDriver, add_host, add_rack, power_settings
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from provisioner.drivers.power.base import (
 )
 from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable
 from provisioner.models import Event
-from tests.fixtures.power import FakeBmc, FakeDriver, add_host, add_rack, get_host, power_settings
+from tests.support.power import FakeBmc, FakeDriver, add_host, add_rack, get_host, power_settings
 
 
 @pytest.fixture

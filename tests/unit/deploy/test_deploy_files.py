@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -80,8 +80,8 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_local_state() -> None:
         "README.md",
         "provisioner/__init__.py",
         "provisioner/migrations/env.py",
-        "templates/ipxe/x.j2",
-        "playbooks/site.yml",
+        "provisioner/templates/ipxe/x.j2",
+        "provisioner/playbooks/site.yml",
     ]
     for path in copied:
         assert not _ignored(path, patterns), f"{path} is COPY'd by the Dockerfile but excluded by .dockerignore"

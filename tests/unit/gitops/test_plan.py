@@ -7,7 +7,7 @@ from provisioner.gitops.apply import fingerprints
 from provisioner.gitops.drift import detect
 from provisioner.gitops.plan import Plan, config_fingerprint, host_body, make_plan, render_text
 from provisioner.gitops.world import World
-from tests.helpers import assert_golden
+from tests.support.helpers import assert_golden
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "inventory"
 SALT = "test-salt"

@@ -12,7 +12,7 @@ import pytest
 
 from provisioner.errors import TemplateError
 from provisioner.render import render
-from tests.helpers import assert_golden
+from tests.support.helpers import assert_golden
 
 SHA = "ab" * 32
 

@@ -11,7 +11,7 @@ import pytest
 
 from provisioner.errors import BootError, InvalidInput
 from provisioner.lab.images import DiskImage, prepare_image
-from tests.helpers import require_binary
+from tests.support.helpers import require_binary
 
 
 @pytest.fixture

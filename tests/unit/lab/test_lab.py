@@ -101,6 +101,6 @@ def test_libvirt_choice_prefers_a_running_system_libvirtd_and_never_starts_it(tm
         started.append(base)
         return _Handle()
 
-    monkeypatch.setattr("provisioner.testing.libvirtd.start_libvirtd", fake_start)
+    monkeypatch.setattr("provisioner.lab.libvirtd.start_libvirtd", fake_start)
     assert labmod.ensure_libvirtd("", tmp_path) == (_Handle.uri, 4242)
     assert started == [tmp_path / "libvirt"]

@@ -7,7 +7,7 @@ import pytest
 from provisioner import templates_catalog as cat
 from provisioner.errors import InvalidInput, TemplateError
 from provisioner.render import render
-from tests.fixtures.install import make_settings
+from tests.support.install import make_settings
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import pytest
 from provisioner import templates_catalog as cat
 from provisioner.render import render
 from provisioner.settings import Settings
-from tests.fixtures.install import make_settings
-from tests.fixtures.ipxe_script import IpxeSyntaxError, parse
-from tests.helpers import assert_golden
+from tests.support.helpers import assert_golden
+from tests.support.install import make_settings
+from tests.support.ipxe_script import IpxeSyntaxError, parse
 
-TEMPLATES = Path(__file__).resolve().parents[3] / "templates"
+TEMPLATES = Path(__file__).resolve().parents[3] / "provisioner" / "templates"
 
 
 def _cases() -> list[tuple[str, str, str | None]]:

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from tests/fixtures/install.py)
+# ruff: noqa: F811  (pytest fixtures are imported from tests/support/install.py)
 """Install-time routes and boot scripts over HTTP: tokens, limits, state, and no reinstall loop."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from provisioner import states as S
 from provisioner.conductor import install_tokens
 from provisioner.drivers.boot import pxe
 from provisioner.models import Host, utcnow
-from tests.fixtures.install import PUBLIC_URL, add_host, api, db, settings, snapshot, wait_tasks  # noqa: F401
+from tests.support.install import PUBLIC_URL, add_host, api, db, settings, snapshot, wait_tasks  # noqa: F401
 
 
 def _mac(db, host):

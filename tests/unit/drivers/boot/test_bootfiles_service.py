@@ -9,7 +9,7 @@ from pathlib import Path
 from provisioner.drivers.boot import bootfiles, service
 from provisioner.drivers.boot.bootfiles import BootFile
 from provisioner.settings import Settings
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 
 def test_populate(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from provisioner.drivers.boot import dhcp as D
 from provisioner.errors import InvalidInput
 from provisioner.settings import Settings
-from tests.helpers import assert_golden
+from tests.support.helpers import assert_golden
 
 
 def cfg(tmp_path: Path, **kw) -> D.DhcpConfig:

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures are imported from tests/fixtures/install.py)
+# ruff: noqa: F811  (pytest fixtures are imported from tests/support/install.py)
 """Per-MAC boot configs: install only when netboot is on and the host is installing; never for strangers."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from provisioner import states as S
 from provisioner.conductor import install_tokens
 from provisioner.drivers.boot import pxe
 from provisioner.errors import Forbidden, InvalidInput
-from tests.fixtures.install import PUBLIC_URL, SSH_KEY, add_host, db, settings, snapshot  # noqa: F401
+from tests.support.install import PUBLIC_URL, SSH_KEY, add_host, db, settings, snapshot  # noqa: F401
 
 TOKEN_RE = re.compile(r"prov\.token=(\S+)")
 

@@ -18,7 +18,7 @@ from provisioner.drivers.power.ipmi import IpmiPower
 from provisioner.drivers.power.manual import ManualPower, OperatorActionRequired
 from provisioner.drivers.power.redfish import RedfishPower
 from provisioner.errors import BmcAuthError, BmcTimeout, InvalidInput
-from tests.fixtures.power import free_udp_port
+from tests.support.power import free_udp_port
 
 HERE = Path(__file__).parent
 

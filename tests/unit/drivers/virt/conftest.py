@@ -13,7 +13,7 @@ import pytest
 from provisioner.drivers.virt import preflight as pf
 from provisioner.drivers.virt.libvirt import VirtConnection, open_connection
 
-TREES = Path(__file__).resolve().parents[3] / "fixtures" / "virt_trees"
+TREES = Path(__file__).resolve().parents[3] / "support" / "virt_trees"
 TEST_URI = "test:///default"
 
 

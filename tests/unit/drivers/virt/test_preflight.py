@@ -11,7 +11,7 @@ import pytest
 
 from provisioner.drivers.virt import preflight as pf
 
-TREES = Path(__file__).resolve().parents[3] / "fixtures" / "virt_trees"
+TREES = Path(__file__).resolve().parents[3] / "support" / "virt_trees"
 LIBVIRT_KVM = {"domain_types": ["qemu", "kvm"], "host_model": "Skylake-Server", "host_model_features": ["vmx"]}
 
 

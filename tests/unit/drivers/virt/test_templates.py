@@ -11,7 +11,7 @@ from provisioner.drivers.virt import preflight as pf
 from provisioner.drivers.virt.libvirt import NetworkSpec, VirtConnection
 from provisioner.drivers.virt.spec import GuestSpec
 from provisioner.render import render
-from tests.helpers import assert_golden
+from tests.support.helpers import assert_golden
 from tests.unit.drivers.virt.conftest import tree_report, virt_xml_validate
 
 POOL = "/var/lib/libvirt/images/prov"

@@ -1,6 +1,6 @@
 """A whole virtual lab for e2e tests and bench/rack.py: private libvirtd, live controller, ``Lab``.
 
-``lab_rig(n)`` starts a private libvirtd (provisioner.testing.libvirtd, its own
+``lab_rig(n)`` starts a private libvirtd (provisioner.lab.libvirtd, its own
 mount namespace: the machine's libvirt state is never touched), a live
 controller on a loopback port with its background services (task runner,
 timeout checker), and a lab of ``n`` guests on its own host-only bridge
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.lab.lab import Lab, LabSpec
-from provisioner.testing.controller import LiveController, live_controller
-from provisioner.testing.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
+from provisioner.lab.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
+from tests.support.controller import LiveController, live_controller
 
 ACNG_CACHE = Path("/var/cache/prov-test/lab-acng")
 

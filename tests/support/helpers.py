@@ -1,4 +1,4 @@
-"""Small helpers shared by every test area (import with ``from tests.helpers import ...``)."""
+"""Small helpers shared by every test area (import with ``from tests.support.helpers import ...``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 
 
 def require_binary(*names: str) -> None:

@@ -40,7 +40,7 @@ CACHE_DIR = Path("/var/cache/prov-test/libvirt-cache")
 _PR_SET_CHILD_SUBREAPER = 36
 
 _LIBVIRTD_CONF = """\
-# written by provisioner.testing.libvirtd
+# written by provisioner.lab.libvirtd
 unix_sock_group = "root"
 unix_sock_ro_perms = "0777"
 unix_sock_rw_perms = "0770"
@@ -51,7 +51,7 @@ max_workers = 8
 """
 
 _QEMU_CONF = """\
-# written by provisioner.testing.libvirtd
+# written by provisioner.lab.libvirtd
 user = "root"
 group = "root"
 dynamic_ownership = 0
@@ -129,7 +129,7 @@ def start_libvirtd(base: Path, *, netns: bool = True, timeout: float = 90.0) -> 
     log = open(base / "log" / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "provisioner.testing.libvirtd", str(base)],
+        [*prefix, sys.executable, "-m", "provisioner.lab.libvirtd", str(base)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )
     log.close()

@@ -38,7 +38,7 @@ MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("openssh-server", "python3", "python3-apt", "sudo", "ca-certificates", "iproute2", "procps")
 ADMIN_USER = "prov"
 # A password exists so tests can show that password login is refused.
-TEST_PASSWORD = "prov-test-password"  # noqa: S105 - throwaway test hosts only
+TEST_PASSWORD = "prov-test-password"
 
 
 class NsHostError(RuntimeError):

@@ -22,7 +22,8 @@ def main() -> None:
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
-        data = open(busybox, "rb").read()
+        with open(busybox, "rb") as f:
+            data = f.read()
         info = tarfile.TarInfo("bin/busybox")
         info.size, info.mode = len(data), 0o755
         tar.addfile(info, io.BytesIO(data))
