@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provisioner import secrets
+from provisioner import secret_store
 from provisioner.db import get_engine
 from provisioner.gitops import inventory as inv_mod
 from provisioner.gitops.apply import build_plan
@@ -71,7 +71,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as td:
             td_path = Path(td)
             with live_controller(td_path / "data") as ctl:
-                secrets.load_key(ctl.settings)
+                secret_store.load_key(ctl.settings)
                 seed(ctl.settings, n)
                 inv_path = td_path / "inv.yaml"
                 write_inventory(inv_path, n)

@@ -19,7 +19,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from provisioner import lifecycle, secrets
+from provisioner import lifecycle, secret_store
 from provisioner import states as S
 from provisioner.errors import Conflict, InvalidInput, NotFound
 from provisioner.models import Event, Host, Nic, Profile, Rack, Task, utcnow
@@ -273,7 +273,7 @@ def create_host(session: Session, *, data: HostCreate, actor: str = "system",
         bmc_address=bmc.address,
         bmc_port=port,
         bmc_username=bmc.username,
-        bmc_password_enc=secrets.encrypt(bmc.password, settings) if bmc.password else None,
+        bmc_password_enc=secret_store.encrypt(bmc.password, settings) if bmc.password else None,
         bmc_options=dict(bmc.options),
         netboot=data.netboot,
         ip_address=data.ip_address,
@@ -325,7 +325,7 @@ def update_host(session: Session, host: Host, *, data: HostUpdate, settings: Set
         if "username" in bf:
             host.bmc_username = b.username
         if "password" in bf:
-            host.bmc_password_enc = secrets.encrypt(b.password, settings) if b.password else None
+            host.bmc_password_enc = secret_store.encrypt(b.password, settings) if b.password else None
         if b.options is not None:
             host.bmc_options = dict(b.options)
         _check_bmc(session, host.bmc_address, host.bmc_port, host.id)
@@ -613,14 +613,14 @@ def _public(host: Sequence[Any], nics: list[dict[str, Any]], rack: str | None, p
         "state_entered_at": ts(state_entered_at),
         "state_deadline": ts(state_deadline),
         "maintenance_from": maintenance_from,
-        "last_error": secrets.mask(last_error) if last_error else None,
+        "last_error": secret_store.mask(last_error) if last_error else None,
         "power_state": power_state,
         "power_checked_at": ts(power_checked_at),
         "bmc": {
             "kind": bmc_kind, "address": bmc_address, "port": bmc_port,
             "username": bmc_username, "password_set": bool(bmc_password_enc),
             "options": dict(js(bmc_options) or {}), "reachable": bmc_reachable,
-            "error": secrets.mask(bmc_error) if bmc_error else None,
+            "error": secret_store.mask(bmc_error) if bmc_error else None,
         },
         "nics": nics,
         "netboot": netboot,

@@ -25,7 +25,7 @@ from provisioner import __version__
 from provisioner.api.deps import require_token
 from provisioner.api.middleware import BodyLimitMiddleware, GcTuningMiddleware, Metrics, MetricsMiddleware
 from provisioner.errors import ProvError
-from provisioner.secrets import mask
+from provisioner.secret_store import mask
 from provisioner.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -76,10 +76,10 @@ def read_password(file: Path | None, env: str | None, stdin: bool, *, prompt: bo
 
 
 def register_secret(secret: str) -> None:
-    """Masked in any message this process prints (lazy: provisioner.secrets loads the settings stack)."""
-    from provisioner import secrets
+    """Masked in any message this process prints (lazy: provisioner.secret_store loads the settings stack)."""
+    from provisioner import secret_store
 
-    secrets.register(secret)
+    secret_store.register(secret)
 
 
 PwFileOpt = Annotated[

@@ -51,8 +51,8 @@ def client() -> ProvClient:
 
 def _one_line(message: str) -> str:
     # A server or peer message may carry newlines; the contract is one line. Secrets the
-    # command read (BMC passwords, tokens) are registered with secrets.register and masked.
-    from provisioner.secrets import mask  # imported on the error path only: it loads the settings stack
+    # command read (BMC passwords, tokens) are registered with secret_store.register and masked.
+    from provisioner.secret_store import mask  # imported on the error path only: it loads the settings stack
 
     return mask(" ".join(str(message).split())) or "unknown error"
 

@@ -39,7 +39,7 @@ def serve(
 
     from provisioner import auth, migrate
     from provisioner.api.app import create_app
-    from provisioner.logging import setup_logging
+    from provisioner.logs import setup_logging
 
     settings = _settings_with(host=host, port=port, tftp_port=tftp_port)
     settings.ensure_dirs()

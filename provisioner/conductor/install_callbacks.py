@@ -27,7 +27,7 @@ from provisioner.conductor import install_tokens
 from provisioner.db import session_scope
 from provisioner.errors import Conflict
 from provisioner.models import Event, Host, Task, utcnow
-from provisioner.secrets import mask
+from provisioner.secret_store import mask
 from provisioner.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

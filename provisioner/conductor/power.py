@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import update
 from sqlmodel import Session
 
-from provisioner import crud, secrets
+from provisioner import crud, secret_store
 from provisioner.db import get_engine
 from provisioner.drivers.power import get_driver
 from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, PowerAction, PowerInterface, PowerState
@@ -112,7 +112,7 @@ class PowerService:
         return Session(get_engine(self.settings), expire_on_commit=False)
 
     def spec_for(self, host: Host) -> BmcSpec:
-        password = secrets.decrypt(host.bmc_password_enc, self.settings) if host.bmc_password_enc else None
+        password = secret_store.decrypt(host.bmc_password_enc, self.settings) if host.bmc_password_enc else None
         options = dict(host.bmc_options or {})
         options.setdefault("host_name", host.name)
         return BmcSpec(
@@ -179,7 +179,7 @@ class PowerService:
             values["power_state"] = power.value
             values["power_checked_at"] = utcnow()
         if error is not None:
-            text = secrets.mask(f"{error.code}: {error.message}")
+            text = secret_store.mask(f"{error.code}: {error.message}")
             values["bmc_error"] = text
             values["last_error"] = text
         elif power is not None:
@@ -189,7 +189,7 @@ class PowerService:
         with self._session() as s:
             s.execute(update(Host).where(Host.id == host.id).values(**values))  # type: ignore[arg-type]
             if event:
-                s.add(Event(host_id=host.id, event=event, message=secrets.mask(message), actor=actor,
+                s.add(Event(host_id=host.id, event=event, message=secret_store.mask(message), actor=actor,
                             task_id=task_id))
             s.commit()
 
@@ -205,7 +205,7 @@ class PowerService:
             spec = self.spec_for(host)
             state = self.call(spec, lambda d: d.get_power_state(), retry=retry, counter=counter)
         except ProvError as exc:
-            res.error, res.message, res.exc = exc.code, secrets.mask(exc.message), exc
+            res.error, res.message, res.exc = exc.code, secret_store.mask(exc.message), exc
             self._record(host, error=exc)
         else:
             res.ok, res.power_state = True, state.value
@@ -278,7 +278,7 @@ class PowerService:
                 self._record(host, event="power", message=f"power {action.value} requested from the operator: "
                              f"{exc.message}", actor=actor, task_id=task_id)
             else:
-                res.error, res.message, res.exc = exc.code, secrets.mask(exc.message), exc
+                res.error, res.message, res.exc = exc.code, secret_store.mask(exc.message), exc
                 self._record(host, error=exc, event="power-error",
                              message=f"power {action.value} failed: {exc.message}", actor=actor, task_id=task_id)
         else:
@@ -314,7 +314,7 @@ class PowerService:
                 self._record(host, event="boot-device", message=f"{what} requested from the operator",
                              actor=actor, task_id=task_id)
             else:
-                res.error, res.message, res.exc = exc.code, secrets.mask(exc.message), exc
+                res.error, res.message, res.exc = exc.code, secret_store.mask(exc.message), exc
                 self._record(host, error=exc, event="power-error", message=f"set {what} failed: {exc.message}",
                              actor=actor, task_id=task_id)
         else:
@@ -340,7 +340,7 @@ class PowerService:
                 r = fn(hid)
             except ProvError as exc:
                 r = PowerResult(host=str(hid), host_id=hid, ok=False, action="?", error=exc.code,
-                                message=secrets.mask(exc.message))
+                                message=secret_store.mask(exc.message))
             with done_lock:
                 results[hid] = r
                 done += 1

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from provisioner.conductor.power import PowerService, get_service
 from provisioner.db import get_engine
 from provisioner.models import Event, Host
-from provisioner.secrets import mask
+from provisioner.secret_store import mask
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)

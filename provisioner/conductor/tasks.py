@@ -25,7 +25,7 @@ from provisioner import states as S
 from provisioner.db import get_engine
 from provisioner.errors import ProvError
 from provisioner.models import Event, Task, utcnow
-from provisioner.secrets import mask
+from provisioner.secret_store import mask
 from provisioner.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from provisioner import secrets
+from provisioner import secret_store
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
 from provisioner.conductor import drift_check, drift_config
 from provisioner.models import InventoryApply, utcnow
@@ -38,7 +38,7 @@ class AppliedOut(AppliedIn):
 
 def _salt(settings: Any) -> str:
     """Per-controller salt for password fingerprints, derived from the secret key (never stored)."""
-    key = secrets.load_key(settings)
+    key = secret_store.load_key(settings)
     return hmac.new(key, b"prov-gitops-password-fingerprint", hashlib.sha256).hexdigest()[:32]
 
 

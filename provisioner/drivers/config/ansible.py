@@ -33,7 +33,7 @@ from typing import Any
 import ansible_runner
 
 from provisioner.errors import ConfigRunError, InvalidInput
-from provisioner.secrets import mask
+from provisioner.secret_store import mask
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ def test_password_encrypted_at_rest(client, settings, caplog) -> None:  # type: 
         dump = " ".join(str(v) for row in s.execute(text("SELECT * FROM host")).all() for v in row)
     assert secret not in dump
     assert enc.startswith("gAAAA")  # Fernet token (version byte 0x80, base64)
-    from provisioner.secrets import decrypt
+    from provisioner.secret_store import decrypt
 
     assert decrypt(enc, settings) == secret
     # the password never comes back, in any endpoint

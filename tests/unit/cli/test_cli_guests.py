@@ -20,8 +20,8 @@ import uvicorn
 from click.testing import CliRunner, Result
 from sqlmodel import Session
 
-import provisioner.cli.virt
-import provisioner.cli.vm  # noqa: F401  (registers commands)
+import provisioner.cli.guests
+import provisioner.cli.virt  # noqa: F401  (registers commands)
 from provisioner import auth, migrate
 from provisioner.api.app import create_app
 from provisioner.cli.groups import app

@@ -2,8 +2,8 @@
 
 Callers name the host and task with ``extra={"host": name, "task": task_id}``;
 the formatter lifts those into top-level keys so ``jq 'select(.host=="web01")'``
-finds every line about a host. Every handler carries secrets.MaskingFilter, so
-a password registered with secrets.register() never reaches a log line.
+finds every line about a host. Every handler carries secret_store.MaskingFilter, so
+a password registered with secret_store.register() never reaches a log line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from provisioner.secrets import MaskingFilter, mask
+from provisioner.secret_store import MaskingFilter, mask
 
 # Attributes every LogRecord has; anything else was passed through ``extra``.
 _STD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {

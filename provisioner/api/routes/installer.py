@@ -27,7 +27,7 @@ from provisioner.conductor import image_deploy, install_callbacks, install_token
 from provisioner.drivers.boot import pxe
 from provisioner.errors import Conflict, InvalidInput
 from provisioner.models import Event, Host, Profile
-from provisioner.secrets import mask
+from provisioner.secret_store import mask
 from provisioner.templates_catalog import render_install_file
 
 PUBLIC = True
