@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from provisioner import states as S  # noqa: E402
 from provisioner.conductor import configure  # noqa: E402
+from provisioner.conductor.inventory import build_inventory  # noqa: E402
 from provisioner.conductor.tasks import get_runner, reset_runner  # noqa: E402
 from provisioner.db import get_engine  # noqa: E402
 from provisioner.drivers.config import ansible  # noqa: E402
-from provisioner.drivers.config.inventory import build_inventory  # noqa: E402
 from provisioner.models import Host, Task  # noqa: E402
 from provisioner.settings import Settings  # noqa: E402
 from tests.support import nshost  # noqa: E402

@@ -23,9 +23,9 @@ from sqlmodel import Session
 
 from provisioner import lifecycle
 from provisioner import states as S
+from provisioner.conductor.inventory import build_inventory
 from provisioner.conductor.tasks import TaskCancelled, TaskContext, get_runner
 from provisioner.drivers.config import ansible
-from provisioner.drivers.config.inventory import build_inventory
 from provisioner.errors import ConfigRunError, Conflict, InvalidInput, ProvError
 from provisioner.models import Host, Profile, Task
 from provisioner.settings import Settings, get_settings

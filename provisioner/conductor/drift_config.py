@@ -22,9 +22,9 @@ from sqlmodel import Session, col, select
 
 from provisioner import states as S
 from provisioner.conductor.drift_check import applied_dict, latest_applied
+from provisioner.conductor.inventory import build_inventory
 from provisioner.conductor.tasks import TaskContext, get_runner
 from provisioner.drivers.config import ansible
-from provisioner.drivers.config.inventory import build_inventory
 from provisioner.errors import ConfigRunError, InvalidInput, ProvError
 from provisioner.gitops import drift as drift_mod
 from provisioner.models import Host, Profile, Task

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from provisioner import crud
 from provisioner.api.deps import SessionDep
-from provisioner.drivers.config.inventory import build_inventory
+from provisioner.conductor.inventory import build_inventory
 
 router = APIRouter(tags=["inventory"])
 

@@ -5,7 +5,8 @@ One function builds the JSON shape Ansible's dynamic-inventory protocol uses
 role (``role_<name>``), and per-host variables under ``_meta.hostvars``. The
 API's ``GET /inventory/ansible``, ``prov inventory ansible`` and every
 configure run use this same function, so what an operator inspects is what
-the playbooks get. No vendor library here: ansible_runner lives in ansible.py.
+the playbooks get. It reads the database, so it lives in the conductor; the
+Ansible adapter (drivers/config/ansible.py) only receives the JSON.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def host_vars(session: Session, host: Host, racks: dict[int, Rack], profiles: di
         "prov_roles": list(host.roles or []),
         "prov_profile": profile.name if profile else None,
     }
-    if host.ssh_host_key:  # recorded at install time: pin it (see ansible.py known_hosts)
+    if host.ssh_host_key:  # recorded at install time: pin it (see drivers/config/ansible.py known_hosts)
         hv["prov_ssh_host_key"] = host.ssh_host_key.strip()
     if profile is not None:
         hv["prov_os_family"] = profile.os_family

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, SQLModel, create_engine
 
+from provisioner.conductor.inventory import build_inventory, group_name
 from provisioner.drivers.config import ansible
-from provisioner.drivers.config.inventory import build_inventory, group_name
 from provisioner.models import Host, Nic, Profile, Rack
 
 
