@@ -7,18 +7,23 @@ is shown exactly once, to whoever created it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets as pysecrets
 
 from sqlmodel import Session, col, func, select
 
-from provisioner.api.deps import hash_token
 from provisioner.db import get_engine
 from provisioner.errors import NotFound
 from provisioner.models import ApiToken
 from provisioner.settings import Settings, get_settings
 
 PREFIX = "prov_"
+
+
+def hash_token(token: str) -> str:
+    """What is stored and compared: the token's sha256 (the token itself is never stored)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_token() -> str:

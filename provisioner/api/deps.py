@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -11,15 +10,11 @@ from fastapi import Depends, Request
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
+from provisioner.auth import hash_token
 from provisioner.db import get_engine
 from provisioner.errors import Unauthorized
 from provisioner.models import ApiToken
 from provisioner.settings import Settings, get_settings
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
 
 # The dependencies below are ``async def`` although they do no async work: FastAPI runs a plain
 # ``def`` dependency in the thread pool (a generator one twice, to enter and to exit), and those
