@@ -9,7 +9,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from provisioner.api.deps import SessionDep
 
-PUBLIC = True
 router = APIRouter(tags=["health"])
 
 

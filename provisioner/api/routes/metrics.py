@@ -25,7 +25,7 @@ from provisioner.db import get_engine
 from provisioner.models import Task
 from provisioner.settings import Settings
 
-PUBLIC = True  # mounted at the root (Prometheus convention), but the router itself requires a token
+# Mounted at the root (Prometheus convention, api/app.py PUBLIC_ROUTERS): the router itself requires a token.
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)])
 
 
