@@ -1,7 +1,7 @@
 """The CLI's nouns. Command modules in provisioner/cli/ add commands to these.
 
-main.py imports every module in this package, so a new file that decorates
-``@host_app.command(...)`` is picked up without touching a shared registry.
+main.py imports every command module by name; a new file that decorates
+``@host_app.command(...)`` is one more name in that import.
 """
 
 from __future__ import annotations
