@@ -1,10 +1,13 @@
 """Host lifecycle states and events: readable constants only.
 
 The transition table lives in lifecycle.py; this module only names things so
-that every other module spells them the same way.
+that every other module spells them the same way. The power enums are here
+too: the API accepts them, the conductor passes them on, the drivers act on them.
 """
 
 from __future__ import annotations
+
+import enum
 
 # --- stable states (nothing runs; a host can stay here forever) ----------------
 ENROLLED = "enrolled"  # known to prov, BMC not yet verified
@@ -57,6 +60,29 @@ EVENTS = frozenset(
 POWER_ON = "on"
 POWER_OFF = "off"
 POWER_UNKNOWN = "unknown"
+
+
+class PowerState(enum.StrEnum):
+    ON = POWER_ON
+    OFF = POWER_OFF
+    UNKNOWN = POWER_UNKNOWN
+
+
+class PowerAction(enum.StrEnum):
+    ON = "on"
+    OFF = "off"  # hard off
+    SOFT_OFF = "soft-off"  # ACPI shutdown, then hard off after a timeout
+    CYCLE = "cycle"  # off then on (or reset if already on)
+    RESET = "reset"
+
+
+class BootDevice(enum.StrEnum):
+    PXE = "pxe"
+    DISK = "disk"
+    CDROM = "cdrom"
+    BIOS = "bios"  # firmware setup
+    DEFAULT = "default"  # no override
+
 
 # --- tasks ---------------------------------------------------------------------
 TASK_PENDING = "pending"

@@ -20,7 +20,7 @@ from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
 from provisioner.conductor import power as power_service
 from provisioner.conductor.tasks import TaskContext, get_runner
 from provisioner.conductor.verify import verify_host
-from provisioner.drivers.power.base import BootDevice, BootSetting, PowerAction
+from provisioner.states import BootDevice, PowerAction
 
 router = APIRouter(tags=["power"])
 
@@ -70,8 +70,8 @@ def put_host_boot_device(host: str, body: BootDeviceRequest, session: SessionDep
                          actor: ActorDep) -> dict[str, Any]:
     h = crud.get_host(session, host)
     assert h.id is not None
-    setting = BootSetting(body.device, persistent=body.persistent, uefi=body.uefi)
-    return power_service.set_boot_device(h.id, setting, settings=settings, actor=actor).to_dict()
+    return power_service.set_boot_device(h.id, settings=settings, device=body.device, persistent=body.persistent,
+                                         uefi=body.uefi, actor=actor).to_dict()
 
 
 @router.post("/hosts/{host}/verify")
@@ -134,7 +134,7 @@ def put_rack_boot_device(rack: str, body: RackBootDeviceRequest, session: Sessio
     r = crud.get_rack(session, rack)
     assert r.id is not None
     rid = r.id
-    setting = BootSetting(body.device, persistent=body.persistent, uefi=body.uefi)
+    setting = power_service.BootSetting(body.device, persistent=body.persistent, uefi=body.uefi)
 
     def fn(progress: Any = None, task_id: int | None = None) -> list[power_service.PowerResult]:
         return power_service.rack_set_boot_device(rid, setting, settings=settings, actor=actor, task_id=task_id,

@@ -11,31 +11,13 @@ BmcError).
 from __future__ import annotations
 
 import abc
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+# The enums are the API's words too (provisioner/states.py); drivers import them from here or there.
+from provisioner.states import BootDevice, PowerAction, PowerState
 
-class PowerState(enum.StrEnum):
-    ON = "on"
-    OFF = "off"
-    UNKNOWN = "unknown"
-
-
-class PowerAction(enum.StrEnum):
-    ON = "on"
-    OFF = "off"  # hard off
-    SOFT_OFF = "soft-off"  # ACPI shutdown, then hard off after a timeout
-    CYCLE = "cycle"  # off then on (or reset if already on)
-    RESET = "reset"
-
-
-class BootDevice(enum.StrEnum):
-    PXE = "pxe"
-    DISK = "disk"
-    CDROM = "cdrom"
-    BIOS = "bios"  # firmware setup
-    DEFAULT = "default"  # no override
+__all__ = ["BmcSpec", "BootDevice", "BootSetting", "PowerAction", "PowerInterface", "PowerState"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +31,7 @@ class BootSetting:
 class BmcSpec:
     """Everything a driver needs to reach one BMC. ``password`` is plaintext in memory only."""
 
-    kind: str  # ipmi | redfish | libvirt | manual
+    kind: str  # ipmi | redfish | libvirt | manual (| fake, built directly by tests: see fake.py)
     address: str
     port: int | None = None
     username: str | None = None

@@ -17,15 +17,16 @@ from provisioner.conductor import tasks
 from provisioner.conductor.power import PowerService
 from provisioner.db import get_engine
 from provisioner.drivers.power.base import BootDevice, BootSetting, PowerState
+from provisioner.drivers.power.fake import FakeFleet, FakeMachine
 from provisioner.errors import BmcAuthError
-from tests.support.power import FakeBmc, FakeDriver, add_host, add_rack, power_settings
+from tests.support.power import add_host, add_rack, power_settings
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Any]:
     settings = power_settings(tmp_path, power_retries=0)
-    FakeDriver.bmcs = {}
-    svc = PowerService(settings, driver_factory=FakeDriver)
+    fleet = FakeFleet()
+    svc = PowerService(settings, driver_factory=fleet.driver)
     svc.confirm_interval = 0.0
     svc.confirm_timeout = 0.3
     power_mod._services[id(settings)] = svc
@@ -37,10 +38,9 @@ def api(tmp_path: Path) -> Iterator[Any]:
     client.headers["Authorization"] = f"Bearer {token}"
     rack = add_rack(settings, "r1")
 
-    def host(name: str, port: int) -> FakeBmc:
-        FakeDriver.bmcs[port] = FakeBmc()
+    def host(name: str, port: int) -> FakeMachine:
         add_host(settings, name, port=port, password="pw-secret-9", rack_id=rack)
-        return FakeDriver.bmcs[port]
+        return fleet.machine("127.0.0.1", port)
 
     client.host = host  # type: ignore[attr-defined]
     try:
@@ -67,7 +67,7 @@ def test_errors_map_to_status_codes(api: Any) -> None:
     assert api.post("/api/v1/hosts/nope/power", json={"action": "on"}).status_code == 404
     assert api.post("/api/v1/hosts/h1/power", json={"action": "explode"}).status_code == 422
     assert api.put("/api/v1/hosts/h1/boot-device", json={"device": "floppy"}).status_code == 422
-    bmc.script = [BmcAuthError(bmc="127.0.0.1:7001")]
+    bmc.failures = [BmcAuthError(bmc="127.0.0.1:7001")]
     r = api.post("/api/v1/hosts/h1/power", json={"action": "off"})
     assert r.status_code == 502 and r.json()["error"] == "bmc_auth"
     bmc.apply_after = 10**6
@@ -80,7 +80,7 @@ def test_errors_map_to_status_codes(api: Any) -> None:
 def test_rack_power_as_task_and_inline(api: Any) -> None:
     a = api.host("a", 7001)
     b = api.host("b", 7002)
-    b.script = [BmcAuthError(bmc="x")]
+    b.failures = [BmcAuthError(bmc="x")]
     r = api.post("/api/v1/racks/r1/power", json={"action": "on"})
     assert r.status_code == 200 and "task_id" in r.json()
     tasks.get_runner().wait(r.json()["task_id"], timeout=10)

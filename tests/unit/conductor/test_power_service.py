@@ -22,34 +22,33 @@ from provisioner.drivers.power.base import (
     BootSetting,
     PowerState,
 )
+from provisioner.drivers.power.fake import FakeFleet, FakeMachine, FakePower
 from provisioner.errors import BmcAuthError, BmcBusy, BmcTimeout, BmcUnreachable
 from provisioner.models import Event
-from tests.support.power import FakeBmc, FakeDriver, add_host, add_rack, get_host, power_settings
+from tests.support.power import add_host, add_rack, get_host, power_settings
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Any:
     settings = power_settings(tmp_path, power_retries=3, power_concurrency=4, power_call_timeout=2.0)
-    FakeDriver.bmcs = {}
-    FakeDriver.global_max = 0
-    svc = PowerService(settings, driver_factory=FakeDriver)
+    fleet = FakeFleet()
+    svc = PowerService(settings, driver_factory=fleet.driver)
     svc.sleep = lambda s: None  # no real backoff waits in unit tests
     svc.confirm_interval = 0.0
     svc.confirm_timeout = 0.5
     svc.soft_off_timeout = 0.2
 
     class Env:
-        def host(self, name: str, port: int, **kw: Any) -> tuple[int, FakeBmc]:
-            FakeDriver.bmcs[port] = FakeBmc()
+        def host(self, name: str, port: int, **kw: Any) -> tuple[int, FakeMachine]:
             hid = add_host(settings, name, kind="ipmi", port=port, password="hunter2-secret", **kw)
-            return hid, FakeDriver.bmcs[port]
+            return hid, fleet.machine("127.0.0.1", port)
 
         def events(self, hid: int) -> list[Event]:
             with Session(get_engine(settings)) as s:
                 return list(s.exec(select(Event).where(Event.host_id == hid).order_by(Event.id)).all())  # type: ignore[arg-type]
 
     e = Env()
-    e.settings, e.svc = settings, svc  # type: ignore[attr-defined]
+    e.settings, e.svc, e.fleet = settings, svc, fleet  # type: ignore[attr-defined]
     return e
 
 
@@ -78,7 +77,7 @@ def test_unconfirmed_change_is_a_clear_timeout(env: Any) -> None:
 
 def test_retries_timeouts_with_backoff_then_succeeds(env: Any) -> None:
     hid, bmc = env.host("h1", 1001)
-    bmc.script = [BmcTimeout(bmc="x", seconds=1), BmcBusy(bmc="x", reason="0xc0")]
+    bmc.failures = [BmcTimeout(bmc="x", seconds=1), BmcBusy(bmc="x", reason="0xc0")]
     sleeps: list[float] = []
     env.svc.sleep = sleeps.append
     res = env.svc.get_power(hid)
@@ -89,7 +88,7 @@ def test_retries_timeouts_with_backoff_then_succeeds(env: Any) -> None:
 
 def test_auth_failure_is_never_retried(env: Any) -> None:
     hid, bmc = env.host("h1", 1001)
-    bmc.script = [BmcAuthError(bmc="x")] * 5
+    bmc.failures = [BmcAuthError(bmc="x")] * 5
     res = env.svc.power_action(hid, "on")
     assert not res.ok and res.error == "bmc_auth" and res.attempts == 1
     assert bmc.calls == ["set:on"]
@@ -98,7 +97,7 @@ def test_auth_failure_is_never_retried(env: Any) -> None:
 
 def test_retries_are_bounded(env: Any) -> None:
     hid, bmc = env.host("h1", 1001)
-    bmc.script = [BmcUnreachable(bmc="x", reason="r")] * 10
+    bmc.failures = [BmcUnreachable(bmc="x", reason="r")] * 10
     res = env.svc.get_power(hid)
     assert not res.ok and res.error == "bmc_unreachable" and res.attempts == 4  # 1 + power_retries
 
@@ -107,7 +106,7 @@ def test_cycle_is_not_retried_after_timeout(env: Any) -> None:
     """A reset that timed out may have happened: retrying could reset the host twice."""
     hid, bmc = env.host("h1", 1001)
     bmc.power = PowerState.ON
-    bmc.script = [BmcTimeout(bmc="x", seconds=1)]
+    bmc.failures = [BmcTimeout(bmc="x", seconds=1)]
     res = env.svc.power_action(hid, "cycle")
     assert not res.ok and res.error == "bmc_timeout" and bmc.calls == ["set:cycle"]
 
@@ -131,7 +130,7 @@ def test_boot_device_recorded(env: Any) -> None:
 def test_module_functions_raise_classified_errors(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     hid, bmc = env.host("h1", 1001)
     monkeypatch.setitem(power_mod._services, id(env.settings), env.svc)
-    bmc.script = [BmcAuthError(bmc="x")]
+    bmc.failures = [BmcAuthError(bmc="x")]
     with pytest.raises(BmcAuthError):
         power_mod.power_action(hid, "on", settings=env.settings)
     # the install workflow's keyword form
@@ -148,15 +147,15 @@ def test_one_call_per_bmc_and_global_cap(env: Any) -> None:
     # the same BMC requested from several threads at once
     same = [ids[0]] * 5
     env.svc.fan_out(same + ids, lambda h: env.svc.get_power(h))
-    assert FakeDriver.bmcs[2000].max_in_flight == 1
-    assert FakeDriver.global_max <= env.settings.power_concurrency
+    assert env.fleet.machine("127.0.0.1", 2000).max_in_flight == 1
+    assert env.fleet.max_in_flight <= env.settings.power_concurrency
 
 
 def test_rack_fan_out_reports_per_host(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     rack = add_rack(env.settings, "r1")
     _ok_id, _ = env.host("a", 3001, rack_id=rack)
     _bad_id, bad = env.host("b", 3002, rack_id=rack)
-    bad.script = [BmcAuthError(bmc="x")]
+    bad.failures = [BmcAuthError(bmc="x")]
     monkeypatch.setitem(power_mod._services, id(env.settings), env.svc)
     seen: list[int] = []
     results = power_mod.rack_power_action(rack, "on", settings=env.settings,
@@ -172,10 +171,10 @@ def test_power_change_and_unreachable_flag_in_history(env: Any) -> None:
     bmc.power = PowerState.ON
     assert sync_one(hid, env.settings, env.svc)
     assert any(e.event == "power-change" and "from off to on" in e.message for e in env.events(hid))
-    bmc.script = [BmcTimeout(bmc="x", seconds=1)]
+    bmc.failures = [BmcTimeout(bmc="x", seconds=1)]
     assert not sync_one(hid, env.settings, env.svc)
     assert get_host(env.settings, hid).bmc_reachable is False
-    bmc.script = [BmcTimeout(bmc="x", seconds=1)]
+    bmc.failures = [BmcTimeout(bmc="x", seconds=1)]
     sync_one(hid, env.settings, env.svc)  # still down: flagged once, not twice
     assert [e.event for e in env.events(hid)].count("bmc-unreachable") == 1
     assert sync_one(hid, env.settings, env.svc)
@@ -188,12 +187,12 @@ def test_sync_round_spreads_polls_over_the_interval(env: Any) -> None:
     for i in range(5):
         env.host(f"h{i}", 4000 + i)
 
-    class Stamp(FakeDriver):
+    class Stamp(FakePower):
         def get_power_state(self) -> PowerState:
             stamps.append(time.monotonic())
             return PowerState.OFF
 
-    env.svc.driver_factory = Stamp
+    env.svc.driver_factory = lambda spec: Stamp(spec, fleet=env.fleet)
     t0 = time.monotonic()
     n = run_round(env.settings, threading.Event(), interval=0.5, service=env.svc)
     assert n == 5
@@ -205,7 +204,7 @@ def test_sync_round_spreads_polls_over_the_interval(env: Any) -> None:
 def test_verify_moves_host_through_the_lifecycle(env: Any) -> None:
     good, _ = env.host("good", 5001)
     bad, bad_bmc = env.host("bad", 5002)
-    bad_bmc.script = [BmcAuthError(bmc="x")]
+    bad_bmc.failures = [BmcAuthError(bmc="x")]
     assert verify_host(good, settings=env.settings, service=env.svc).state == S.AVAILABLE
     h = verify_host(bad, settings=env.settings, service=env.svc)
     assert h.state == S.VERIFY_FAILED and "bmc_auth" in (h.last_error or "")
