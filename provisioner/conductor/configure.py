@@ -26,6 +26,7 @@ from provisioner import states as S
 from provisioner.conductor.inventory import build_inventory
 from provisioner.conductor.tasks import TaskCancelled, TaskContext, get_runner
 from provisioner.drivers.config import ansible
+from provisioner.drivers.config.base import FAILED, SKIPPED, UNREACHABLE, ConfigInterface, RunEvent, RunResult, RunSpec
 from provisioner.errors import ConfigRunError, Conflict, InvalidInput, ProvError
 from provisioner.models import Host, Profile, Task
 from provisioner.settings import Settings, get_settings
@@ -33,6 +34,11 @@ from provisioner.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 KIND = "configure"
+
+# The configuration engine every configure run goes through (tests put a drivers/config/fake.FakeConfig
+# here). The playbook, engine and variable names are still checked by ansible.py's validators: they name
+# prov's own playbooks, whichever engine runs them.
+driver: ConfigInterface = ansible.AnsibleConfig()
 
 
 @dataclass
@@ -153,16 +159,16 @@ def _execute(
     names = {h.id: h.name for h in hosts}
     by_name = {h.name: h.id for h in hosts}
     report(1, "starting ansible")
-    key = ansible.ensure_ssh_key(settings)
+    key = driver.ensure_ssh_key(settings)
     prov = {
         "playbooks": playbooks,
         "engine": engine,
         "admin_user": settings.ansible_user,
         # the controller's own key first: it must still get in after root login is off
-        "admin_keys": list(dict.fromkeys([ansible.public_key(key), *admin_keys])),
+        "admin_keys": list(dict.fromkeys([driver.public_key(key), *admin_keys])),
         "task_id": ctx.task_id,
     }
-    spec = ansible.RunSpec(
+    spec = RunSpec(
         playbooks=playbooks,
         inventory=inventory,
         prov=prov,
@@ -175,7 +181,7 @@ def _execute(
     )
     started = {"n": 0}
 
-    def on_event(ev: ansible.RunEvent) -> None:
+    def on_event(ev: RunEvent) -> None:
         if ev.kind == "task_start":
             started["n"] += 1
             # task count is unknown up front: approach 95 % asymptotically
@@ -184,7 +190,7 @@ def _execute(
             with contextlib.suppress(TaskCancelled):
                 report(min(95, 2 + 93 * n // (n + 25)), ev.task[:64])
             return
-        if ev.kind == ansible.SKIPPED or ev.host is None:
+        if ev.kind == SKIPPED or ev.host is None:
             return
         line = f"ansible: {ev.kind}: {ev.task}"
         if ev.message:
@@ -194,9 +200,9 @@ def _execute(
         ctx.history(line, event=f"ansible-{ev.kind}", host_id=by_name.get(ev.host))
 
     error: ProvError | None = None
-    result: ansible.RunResult | None = None
+    result: RunResult | None = None
     try:
-        result = ansible.run(spec, settings, on_event=on_event, cancelled=lambda: ctx.cancelled)
+        result = driver.run(spec, settings, on_event=on_event, cancelled=lambda: ctx.cancelled)
     except ConfigRunError as exc:
         error = exc
     summary = result.to_dict() if result else {"status": "error", "hosts": {}, "failures": []}
@@ -218,7 +224,7 @@ def _execute(
 def _finish_hosts(
     ctx: TaskContext,
     hosts: list[Host],
-    result: ansible.RunResult | None,
+    result: RunResult | None,
     error: ProvError | None,
     names: dict[int | None, str],
 ) -> list[str]:
@@ -233,8 +239,8 @@ def _finish_hosts(
                 event, msg = S.ABORT, "configure cancelled by operator"
             elif error is not None:
                 event, msg = S.FAIL, f"configure failed before any task ran: {error.message}"
-            elif hr is not None and hr.status in (ansible.FAILED, ansible.UNREACHABLE):
-                what = "unreachable" if hr.status == ansible.UNREACHABLE else "failed"
+            elif hr is not None and hr.status in (FAILED, UNREACHABLE):
+                what = "unreachable" if hr.status == UNREACHABLE else "failed"
                 event, msg = S.FAIL, f"configure failed on {host.name}: task {hr.failed_task!r} {what}: {hr.message}"
             elif result is not None and result.status == "timeout":
                 event, msg = S.TIMEOUT, f"configure timed out after {ctx.settings.configure_timeout:.0f} s"

@@ -1,7 +1,7 @@
 """Run prov's playbooks with ansible-runner. The only module that imports ``ansible_runner``.
 
 One call = one run in its own private data dir under ``settings.runs_dir``:
-``inventory/hosts.json`` (generated from the database by inventory.py, plus the
+``inventory/hosts.json`` (built from the database by conductor/inventory.py, plus the
 connection variables), ``env/extravars`` holding a single key, ``prov`` (so run
 inputs never collide with role variables), ``env/envvars`` (pipelining,
 ControlPersist, host-key checking) and the SSH key copied to ``ssh/id`` with
@@ -11,6 +11,8 @@ never put on a command line; the copy is deleted when the run ends.
 Every runner event is handed to ``on_event`` as a ``RunEvent`` (task, host,
 ok/changed/failed/unreachable); the caller turns them into task progress and
 host history. Failures of ansible-runner itself become ``ConfigRunError``.
+``AnsibleConfig`` offers all this as base.py's ``ConfigInterface``; the run's
+types (``RunSpec``, ``RunResult``...) are base.py's, importable from here too.
 """
 
 from __future__ import annotations
@@ -26,12 +28,25 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 
+from provisioner.drivers.config.base import (
+    CHANGED,
+    FAILED,
+    OK,
+    SKIPPED,
+    UNREACHABLE,
+    CancelledFn,
+    ConfigInterface,
+    EventFn,
+    HostResult,
+    RunEvent,
+    RunResult,
+    RunSpec,
+)
 from provisioner.errors import ConfigRunError, InvalidInput
 from provisioner.secret_store import mask
 from provisioner.settings import Settings
@@ -47,95 +62,6 @@ PLAYBOOKS: dict[str, str] = {
 ENGINES = ("docker", "podman", "none")
 # Per-run variables may set role switches, never connection settings.
 _VAR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-# Host outcomes, worst first (a host that failed one task is "failed").
-OK, CHANGED, FAILED, UNREACHABLE, SKIPPED = "ok", "changed", "failed", "unreachable", "skipped"
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """One task result on one host (or a task start when ``host`` is None)."""
-
-    kind: str  # task_start | ok | changed | failed | unreachable | skipped
-    task: str
-    host: str | None = None
-    message: str = ""
-    ignored: bool = False
-
-
-@dataclass
-class HostResult:
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
-    unreachable: int = 0
-    skipped: int = 0
-    failed_task: str | None = None
-    message: str | None = None
-
-    @property
-    def status(self) -> str:
-        if self.unreachable:
-            return UNREACHABLE
-        if self.failed:
-            return FAILED
-        return CHANGED if self.changed else OK
-
-
-@dataclass
-class RunSpec:
-    playbooks: list[str]
-    inventory: dict[str, Any]  # from inventory.build_inventory()
-    prov: dict[str, Any] = field(default_factory=dict)  # becomes the one extra var, ``prov``
-    run_vars: dict[str, Any] = field(default_factory=dict)  # role switches for this run (inventory all:vars)
-    user: str = "prov"
-    ssh_key: Path | None = None
-    forks: int = 16
-    timeout: float = 3600.0
-    label: str = "run"
-    # Check mode (``ansible-playbook --check --diff``): modules only report what they would
-    # change, nothing is changed; used by config drift detection (conductor/drift_config.py).
-    check: bool = False
-
-
-@dataclass
-class RunResult:
-    status: str  # successful | failed | timeout | canceled
-    rc: int
-    hosts: dict[str, HostResult]
-    artifact_dir: str
-    failures: list[dict[str, str]]
-    duration: float
-    output_tail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "successful" and not any(h.status in (FAILED, UNREACHABLE) for h in self.hosts.values())
-
-    def summary(self) -> str:
-        if self.failures:
-            f = self.failures[0]
-            more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
-            return f"host {f['host']}: task {f['task']!r} {f['status']}: {f['message']}{more}"
-        if self.status == "timeout":
-            return "ansible run timed out"
-        if self.status == "canceled":
-            return "ansible run was cancelled"
-        if not self.ok:
-            return f"ansible-playbook failed (rc={self.rc}): {self.output_tail}"
-        return "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "rc": self.rc,
-            "artifact_dir": self.artifact_dir,
-            "duration_s": round(self.duration, 2),
-            "hosts": {
-                name: {**{k: v for k, v in vars(h).items()}, "status": h.status} for name, h in self.hosts.items()
-            },
-            "failures": self.failures,
-        }
 
 
 # --------------------------------------------------------------------------- validation
@@ -476,3 +402,20 @@ def run(
 def raise_for_result(result: RunResult) -> None:
     if not result.ok:
         raise ConfigRunError(reason=result.summary(), failures=result.failures, artifact_dir=result.artifact_dir)
+
+
+class AnsibleConfig(ConfigInterface):
+    """``ConfigInterface`` over this module's functions (the conductor's configuration engine)."""
+
+    def ensure_ssh_key(self, settings: Settings) -> Path:
+        return ensure_ssh_key(settings)
+
+    def public_key(self, private_key: Path) -> str:
+        return public_key(private_key)
+
+    def run(self, spec: RunSpec, settings: Settings, *, on_event: EventFn | None = None,
+            cancelled: CancelledFn | None = None) -> RunResult:
+        return run(spec, settings, on_event=on_event, cancelled=cancelled)
+
+    def cleanup(self, settings: Settings) -> list[Path]:
+        return sweep_dead_runs(settings.runs_dir)
