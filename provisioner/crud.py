@@ -5,21 +5,16 @@ Lookups accept a numeric id or a name, so the CLI and API can say ``web01``.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import operator
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from typing import Any
 
-import orjson
-from sqlalchemy import Select, String, Text, bindparam, cast, delete, func, literal, type_coerce
+from sqlalchemy import Text, cast, delete, func
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from provisioner import lifecycle, secret_store
+from provisioner import host_json, lifecycle, secret_store
 from provisioner import states as S
 from provisioner.errors import Conflict, InvalidInput, NotFound
 from provisioner.models import Event, Host, Nic, Profile, Rack, Task, utcnow
@@ -393,7 +388,7 @@ def list_hosts(
     power_state: str | None = None, profile: str | None = None, name: str | None = None,
     sort: str = "name", limit: int = 100, offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of hosts as HostPublic-shaped dicts (see ``_public``), with NICs, rack and profile names,
+    """One page of hosts as HostPublic-shaped dicts (see host_json.py), with NICs, rack and profile names,
     in two queries (three when the page is full and the total is not known from it).
     Dicts, not models: the route serialises them once (see routes/hosts.py)."""
     desc = sort.startswith("-")
@@ -418,219 +413,35 @@ def list_hosts(
     outer_order = [page.c.k.desc() if desc else page.c.k.asc()]
     if key not in ("id", "name"):
         outer_order.append(page.c.id.desc() if desc else page.c.id.asc())
-    rows = conn.execute(_one_host_select(raw).join(page, page.c.id == Host.id).order_by(*outer_order)).all()
+    rows = conn.execute(host_json.one_host_select(raw).join(page, page.c.id == Host.id).order_by(*outer_order)).all()
     if 0 < len(rows) < limit or (not rows and offset == 0):
         total = offset + len(rows)  # a short page is the last one: no COUNT(*) over the table needed
     else:
         total = conn.execute(sa_select(func.count()).select_from(Host.__table__).where(*conds)).scalar_one()  # type: ignore[attr-defined]
-    return _public_rows(session, rows), int(total)
-
-
-# Host columns HostPublic needs (never the password or install token).
-_PUBLIC_COLUMNS = (
-    "id", "name", "rack_id", "u_position", "roles", "profile_id", "state", "state_entered_at", "state_deadline",
-    "maintenance_from", "last_error", "power_state", "power_checked_at", "bmc_kind", "bmc_address", "bmc_port",
-    "bmc_username", "bmc_password_enc", "bmc_options", "bmc_reachable", "bmc_error", "netboot", "ip_address",
-    "installed_at", "version", "created_at", "updated_at",
-)
-_N_PUBLIC = len(_PUBLIC_COLUMNS)
-_host_values = operator.attrgetter(*_PUBLIC_COLUMNS)
-_RAW_TYPES = {"state_entered_at", "state_deadline", "power_checked_at", "installed_at", "created_at", "updated_at",
-              "roles", "bmc_options"}
-
-
-@functools.cache
-def _host_columns(raw: bool) -> list[Any]:
-    """The host columns of HostPublic (built once: constructing a 30-column select costs ~0.3 ms).
-
-    ``raw`` (SQLite): timestamps and JSON columns as their stored text, converted by
-    ``_sqlite_iso``/``_sqlite_json`` - cheaper than SQLAlchemy's parse-then-reformat.
-    """
-    host_t = Host.__table__  # type: ignore[attr-defined]
-    return [type_coerce(host_t.c[c], String).label(c) if raw and c in _RAW_TYPES else host_t.c[c]
-            for c in _PUBLIC_COLUMNS]
-
-
-def _rack_name(rack_id: Any) -> Any:
-    rack_t = Rack.__table__  # type: ignore[attr-defined]
-    return sa_select(rack_t.c.name).where(rack_t.c.id == rack_id).scalar_subquery().label("rack_name")
-
-
-def _profile_name(profile_id: Any) -> Any:
-    prof_t = Profile.__table__  # type: ignore[attr-defined]
-    return sa_select(prof_t.c.name).where(prof_t.c.id == profile_id).scalar_subquery().label("profile_name")
-
-
-@functools.cache
-def _one_host_select(raw: bool) -> Select[Any]:
-    """``_host_columns`` plus rack and profile names, for looking up one host (add the WHERE)."""
-    host_t = Host.__table__  # type: ignore[attr-defined]
-    return sa_select(*_host_columns(raw), _rack_name(host_t.c.rack_id), _profile_name(host_t.c.profile_id))
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _sqlite_json(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # NaN/Infinity, which json.dumps (SQLAlchemy's serializer) can write
-        return json.loads(text)
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    # UTCDateTime already returns aware UTC; the API's JSON encoder writes it as pydantic does (…Z).
-    return dt
-
-
-def _sqlite_iso(text: str | None) -> str | None:
-    """SQLAlchemy's SQLite text for a UTC timestamp ("2026-01-02 03:04:05.678901", always six
-    fraction digits) as the ISO 8601 text pydantic writes for the aware datetime ("…T03:04:05.678901Z",
-    no fraction when it is zero): a string operation instead of parsing and re-formatting the
-    datetime, six times per host row."""
-    if text is None:
-        return None
-    if len(text) == 26 and text[10] == " " and text[19] == ".":
-        return f"{text[:10]}T{text[11:19]}Z" if text.endswith(".000000") else f"{text[:10]}T{text[11:]}Z"
-    dt = datetime.fromisoformat(text)  # written some other way: parse it properly
-    return _iso(dt.replace(tzinfo=UTC) if dt.utcoffset() is None else dt.astimezone(UTC))
-
-
-@functools.cache
-def _nics_select(many: bool) -> Select[Any]:
-    """NICs of the hosts in bind parameter ``ids`` (``many``: an expanding IN) or ``id``. Built once, with
-    bind parameters: an ``in_()`` over literal values costs a bind object per id on every call."""
-    nic_t = Nic.__table__  # type: ignore[attr-defined]
-    cond = nic_t.c.host_id.in_(bindparam("ids", expanding=True)) if many else nic_t.c.host_id == bindparam("id")
-    return sa_select(nic_t.c.host_id, nic_t.c.mac, nic_t.c.name, nic_t.c.boot, nic_t.c.ip).where(cond) \
-        .order_by(nic_t.c.id)
-
-
-def _nics_by_host(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    nics: dict[int, list[dict[str, Any]]] = {}
-    if not ids:
-        return nics
-    params = {"ids": ids} if len(ids) > 1 else {"id": ids[0]}
-    for host_id, mac, name, boot, ip in session.connection().execute(_nics_select(len(ids) > 1), params):
-        nics.setdefault(host_id, []).append({"mac": mac, "name": name, "boot": boot, "ip": ip})
-    return nics
-
-
-def _public_rows(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """HostPublic dicts for rows of ``_host_columns`` + rack_name + profile_name: one more query, for NICs."""
-    raw = session.get_bind().dialect.name == "sqlite"
-    nics = _nics_by_host(session, [r.id for r in rows])
-    ts, js = (_sqlite_iso, _sqlite_json) if raw else (_aware, _same)
-    return [_public(r, nics.get(r.id, []), r.rack_name, r.profile_name, ts, js) for r in rows]
-
-
-def _public_dicts(session: Session, hosts: list[Host]) -> list[dict[str, Any]]:
-    """HostPublic dicts for Host objects: 2 extra queries whatever their number (no N+1)."""
-    if not hosts:
-        return []
-    nics = _nics_by_host(session, [h.id for h in hosts if h.id is not None])
-    rack_t = Rack.__table__  # type: ignore[attr-defined]
-    prof_t = Profile.__table__  # type: ignore[attr-defined]
-    conn = session.connection()
-    racks: dict[int | None, str | None] = {}
-    profs: dict[int | None, str | None] = {}
-    if len(hosts) == 1:  # the API's case: both names in one cached statement
-        rid, pid = hosts[0].rack_id, hosts[0].profile_id
-        row = conn.execute(sa_select(
-            sa_select(rack_t.c.name).where(rack_t.c.id == rid).scalar_subquery(),
-            sa_select(prof_t.c.name).where(prof_t.c.id == pid).scalar_subquery(),
-        )).one()
-        racks[rid], profs[pid] = row[0], row[1]
-    else:
-        rack_ids = {h.rack_id for h in hosts if h.rack_id is not None}
-        prof_ids = {h.profile_id for h in hosts if h.profile_id is not None}
-        if rack_ids or prof_ids:
-            names = sa_select(literal("r").label("kind"), rack_t.c.id, rack_t.c.name) \
-                .where(rack_t.c.id.in_(rack_ids)) \
-                .union_all(sa_select(literal("p"), prof_t.c.id, prof_t.c.name).where(prof_t.c.id.in_(prof_ids)))
-            for kind, ident, name in conn.execute(names):
-                (racks if kind == "r" else profs)[ident] = name
-    return [_public(_host_values(h), nics.get(h.id or 0, []), racks.get(h.rack_id), profs.get(h.profile_id),
-                    _aware, _same) for h in hosts]
+    return host_json.from_rows(session, rows), int(total)
 
 
 def host_public_dict(session: Session, host: Host | str | int) -> dict[str, Any]:
     """One host as a HostPublic-shaped dict, for routes that serialise it themselves: from a Host
     object, or looked up by id or name like ``get_host`` (then 2 queries and no ORM object)."""
     if isinstance(host, Host):
-        return _public_dicts(session, [host])[0]
+        return host_json.from_hosts(session, [host])[0]
     conn = session.connection()
     host_t = Host.__table__  # type: ignore[attr-defined]
-    stmt = _one_host_select(conn.dialect.name == "sqlite")
+    stmt = host_json.one_host_select(conn.dialect.name == "sqlite")
     for how, value in _lookups(host):
         row = conn.execute(stmt.where(host_t.c[how] == value)).first()
         if row is not None:
-            return _public_rows(session, [row])[0]
+            return host_json.from_rows(session, [row])[0]
     raise NotFound(kind="host", name=str(host))
 
 
 def hosts_public(session: Session, hosts: list[Host]) -> list[HostPublic]:
-    return [HostPublic.model_validate(d) for d in _public_dicts(session, hosts)]
+    return [HostPublic.model_validate(d) for d in host_json.from_hosts(session, hosts)]
 
 
 def host_public(session: Session, host: Host) -> HostPublic:
     return hosts_public(session, [host])[0]
-
-
-_ALLOWED = {state: lifecycle.allowed_events(state) for state in S.ALL}
-
-
-def _iso(dt: datetime | None) -> str | None:
-    # The same text pydantic writes for an aware UTC datetime.
-    return dt.isoformat().replace("+00:00", "Z") if dt is not None else None
-
-
-def _public(host: Sequence[Any], nics: list[dict[str, Any]], rack: str | None, profile: str | None,
-            ts: Callable[[Any], Any], js: Callable[[Any], Any]) -> dict[str, Any]:
-    """A HostPublic-shaped dict built straight from our own (already validated) columns.
-
-    ``host`` holds the ``_PUBLIC_COLUMNS`` values in order (a row, or ``_host_values(obj)``:
-    unpacking beats 27 attribute lookups on a Row). ``ts`` turns a timestamp column's value
-    into ISO text or an aware datetime (either way ``provisioner.api.responses`` writes the same
-    JSON as pydantic would); ``js`` a JSON column's value into the list/dict.
-    """
-    (ident, name, _rack_id, u_position, roles, _profile_id, state, state_entered_at, state_deadline,
-     maintenance_from, last_error, power_state, power_checked_at, bmc_kind, bmc_address, bmc_port,
-     bmc_username, bmc_password_enc, bmc_options, bmc_reachable, bmc_error, netboot, ip_address,
-     installed_at, version, created_at, updated_at) = host[:_N_PUBLIC]
-    allowed = _ALLOWED.get(state)
-    return {
-        "id": ident or 0,
-        "name": name,
-        "rack": rack,
-        "u_position": u_position,
-        "roles": list(js(roles) or ()),
-        "profile": profile,
-        "state": state,
-        "state_entered_at": ts(state_entered_at),
-        "state_deadline": ts(state_deadline),
-        "maintenance_from": maintenance_from,
-        "last_error": secret_store.mask(last_error) if last_error else None,
-        "power_state": power_state,
-        "power_checked_at": ts(power_checked_at),
-        "bmc": {
-            "kind": bmc_kind, "address": bmc_address, "port": bmc_port,
-            "username": bmc_username, "password_set": bool(bmc_password_enc),
-            "options": dict(js(bmc_options) or {}), "reachable": bmc_reachable,
-            "error": secret_store.mask(bmc_error) if bmc_error else None,
-        },
-        "nics": nics,
-        "netboot": netboot,
-        "ip_address": ip_address,
-        "installed_at": ts(installed_at),
-        "version": version,
-        "allowed_events": list(allowed if allowed is not None else lifecycle.allowed_events(state)),
-        "created_at": ts(created_at),
-        "updated_at": ts(updated_at),
-    }
 
 
 def host_state_counts(session: Session) -> dict[str, int]:
