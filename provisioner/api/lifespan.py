@@ -16,9 +16,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from provisioner import templates_catalog
-from provisioner.conductor import drift_check, power_sync, tasks, timeouts
+from provisioner.conductor import boot_service, drift_check, power_sync, tasks, timeouts
 from provisioner.conductor import install as install_workflow
-from provisioner.drivers.boot import service as boot_service
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
