@@ -1,7 +1,8 @@
 """Disk images for image-based deploy: the lab's Debian 12 image, and preparing any image for the agent.
 
 ``ensure_image()`` builds (once, cached) the default OS of the lab's image
-path with ``deploy/build-image.sh``: a raw disk with one ext4 partition
+path with ``recipes/build-image.sh`` (package data; ``deploy/build-image.sh`` in
+a checkout): a raw disk with one ext4 partition
 labelled ``prov-root``, GRUB for BIOS, Debian's cloud kernel, systemd,
 openssh-server and cloud-init. Why this layout:
 
@@ -36,11 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.errors import BootError, InvalidInput
-from provisioner.lab.ramdisk import build_cached, run_checked
+from provisioner.lab.ramdisk import RECIPES_DIR, build_cached, run_checked
 
 DEFAULT_CACHE_DIR = Path("/var/cache/prov-test/images")
-_DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
-BUILD_SCRIPT = _DEPLOY_DIR / "build-image.sh"
+BUILD_SCRIPT = RECIPES_DIR / "build-image.sh"
 _OUTPUTS = ("disk.raw", "disk.raw.sha256", "packages.txt")
 
 # qcow2 files start with "QFI\xfb" (docs/interop/qcow2.txt in QEMU).

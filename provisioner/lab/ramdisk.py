@@ -1,7 +1,8 @@
 """prov's deploy/test ramdisk: a Debian kernel plus a busybox initramfs, cached.
 
-The build itself is ``deploy/build-ramdisk.sh`` (one implementation, usable by
-humans); this module gives Python callers a cached, concurrency-safe
+The build itself is ``recipes/build-ramdisk.sh`` (one implementation, package
+data so a wheel has it too; humans run it as ``deploy/build-ramdisk.sh``); this
+module gives Python callers a cached, concurrency-safe
 ``ensure_ramdisk()`` and holds the vmlinux extractor the script calls
 (``python -m provisioner.lab.ramdisk extract-vmlinux IN OUT``).
 
@@ -37,9 +38,10 @@ DEFAULT_CACHE_DIR = Path("/var/cache/prov-test/ramdisk")
 # .debs are shared across keys: an edited /init must not re-download 70 MB.
 DEB_CACHE_DIR = Path("/var/cache/prov-test/debs")
 
-_DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
-BUILD_SCRIPT = _DEPLOY_DIR / "build-ramdisk.sh"
-_KEY_INPUTS = (BUILD_SCRIPT, _DEPLOY_DIR / "ramdisk" / "init", _DEPLOY_DIR / "ramdisk" / "udhcpc.script")
+# The recipes are package data beside this module (a checkout and a wheel install alike).
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+BUILD_SCRIPT = RECIPES_DIR / "build-ramdisk.sh"
+_KEY_INPUTS = (BUILD_SCRIPT, RECIPES_DIR / "ramdisk" / "init", RECIPES_DIR / "ramdisk" / "udhcpc.script")
 _OUTPUTS = ("vmlinuz", "vmlinux", "initrd.img", "versions.txt")
 _COMPLETE = ".complete"
 

@@ -4,8 +4,10 @@
 # openssh-server and cloud-init; the first boot reads the NoCloud seed that the
 # deploy agent injects, and grows the partition to the disk.
 #
-#   deploy/build-image.sh OUTDIR   -> OUTDIR/{disk.raw,disk.raw.sha256,packages.txt}
-#   deploy/build-image.sh --key    -> prints the recipe key (what the cache is keyed by)
+#   build-image.sh OUTDIR   -> OUTDIR/{disk.raw,disk.raw.sha256,packages.txt}
+#   build-image.sh --key    -> prints the recipe key (what the cache is keyed by)
+# (deploy/build-image.sh in a checkout runs this file; it ships inside the
+# package, provisioner/lab/recipes/, with the static files in image/.)
 #
 # Needs root (debootstrap, chroot), debootstrap, e2fsprogs, fdisk (sfdisk),
 # grub-pc-bin (boot.img, core modules) and grub-common (grub-mkimage).

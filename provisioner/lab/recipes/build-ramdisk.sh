@@ -1,15 +1,17 @@
 #!/bin/sh
 # Build prov's deploy/test ramdisk from Debian packages only.
 #
-#   deploy/build-ramdisk.sh OUTDIR     -> OUTDIR/{vmlinuz,vmlinux,initrd.img,versions.txt}
-#   deploy/build-ramdisk.sh --resolve  -> prints "package=version" for the inputs (cache key)
+#   build-ramdisk.sh OUTDIR     -> OUTDIR/{vmlinuz,vmlinux,initrd.img,versions.txt}
+#   build-ramdisk.sh --resolve  -> prints "package=version" for the inputs (cache key)
+# (deploy/build-ramdisk.sh in a checkout runs this file; it ships inside the
+# package, provisioner/lab/recipes/, so an installed wheel can build it too.)
 #
 # vmlinuz is the bzImage (for iPXE/pxelinux and `qemu -kernel`); vmlinux is the
 # decompressed ELF for QEMU's PVH direct boot, which skips the BIOS and the
 # in-kernel decompressor (~10 s instead of ~18 s to the first console line
 # under TCG). initrd.img is a zstd-compressed cpio (newc) with static busybox,
 # the virtio/ext4/vfat/iso9660 modules and their dependencies, and
-# deploy/ramdisk/init (see its header for the kernel command line contract).
+# ramdisk/init beside this script (see its header for the kernel command line contract).
 #
 # Environment: PROV_KERNEL_META (default linux-image-amd64) picks the kernel;
 # PROV_DEB_CACHE keeps downloaded .debs between builds (default OUTDIR/.debs);
@@ -18,7 +20,9 @@
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(dirname "$HERE")
+# The directory holding the provisioner package (a checkout or site-packages):
+# the vmlinux extractor is python -m provisioner.lab.ramdisk.
+PKG_PARENT=$(cd "$HERE/../../.." && pwd)
 KMETA=${PROV_KERNEL_META:-linux-image-amd64}
 
 # The modules the ramdisk needs (dependencies are added by modprobe):
@@ -102,7 +106,7 @@ echo "root:x:0:" >"$ROOT/etc/group"
 find "$ROOT" -exec touch -h -d @0 {} +
 (cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | zstd -q -19 -T0 >"$WORK/initrd.img"
 cp "$KROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m provisioner.lab.ramdisk \
+PYTHONPATH="$PKG_PARENT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m provisioner.lab.ramdisk \
     extract-vmlinux "$WORK/vmlinuz" "$WORK/vmlinux"
 mv "$WORK/vmlinuz" "$WORK/vmlinux" "$WORK/initrd.img" "$OUT/"
 echo "$OUT: kernel $KVER, $(wc -l <"$ROOT/etc/modules.order") modules" >&2
