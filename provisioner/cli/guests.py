@@ -3,13 +3,16 @@
 ``--host`` names the KVM host (an enrolled host, or ``local`` for the
 controller's own libvirt). ``create --dry-run`` runs every check (pre-flight
 verdict, nested, free memory, duplicate name/MAC, unknown pool/network) and
-prints the domain XML without defining anything.
+prints the domain XML without defining anything. ``create`` and ``rm`` are
+controller tasks: by default the command follows the task (its steps on stderr)
+and prints the guest, or what was deleted; ``--no-wait`` prints the task.
 """
 
 from __future__ import annotations
 
 import enum
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -17,11 +20,15 @@ from urllib.parse import quote
 import typer
 
 from provisioner.cli.groups import vm_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, handle_errors
-from provisioner.errors import InvalidInput
+from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, err_console, handle_errors
+from provisioner.client import ProvClient
+from provisioner.errors import InvalidInput, ProvError
 
 GUEST_COLUMNS = ["name", "state", "virt_type", "vcpus", "memory_mib", "macs", "managed"]
 HostOpt = typer.Option("local", "--host", "-H", help="KVM host: an enrolled host or 'local' (the controller)")
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the controller's task until it ends")]
+TASK_COLUMNS = ["id", "kind", "status", "step", "link"]
+_DONE = {"succeeded", "failed", "cancelled"}
 
 
 class VirtTypeOpt(enum.StrEnum):
@@ -47,6 +54,55 @@ class BusOpt(enum.StrEnum):
 
 def _path(host: str, *rest: str) -> str:
     return "/".join([f"/api/v1/hosts/{quote(host, safe='')}/guests", *(quote(r, safe='') for r in rest)])
+
+
+def _error_class(code: str, base: type[ProvError] = ProvError) -> type[ProvError]:
+    for sub in base.__subclasses__():
+        if sub.code == code:
+            return sub
+        found = _error_class(code, sub)
+        if found is not ProvError:
+            return found
+    return ProvError
+
+
+def _task_error(task: dict[str, Any]) -> ProvError:
+    """A failed task's error as its ProvError class (the task keeps the code in ``result.error``)."""
+    body = dict((task.get("result") or {}).get("error") or {})
+    message = task.get("error") or body.get("message") or f"task {task['id']} {task['status']}"
+    cls = _error_class(str(body.pop("error", ""))) if task["status"] == "failed" else ProvError
+    body.pop("message", None)
+    return cls(str(message), **body)
+
+
+def _follow(c: ProvClient, task: dict[str, Any], label: str, output: OutputFormat,
+            timeout: float = 3600.0) -> dict[str, Any]:
+    """Poll the task until it ends (quickly at first: most guest tasks take a second or two)."""
+    deadline, pause, last = time.monotonic() + timeout, 0.1, ""
+    while task["status"] not in _DONE and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
+        task = c.get(str(task.get("link") or f"/api/v1/tasks/{task['id']}"))
+        line = f"{label}: {task['step'] or task['status']} ({task['progress']}%)"
+        if output == OutputFormat.table and line != last and task["status"] not in _DONE:
+            err_console.print(line, markup=False, highlight=False)
+            last = line
+    if task["status"] not in _DONE:
+        raise ProvError(f"task {task['id']} still {task['status']} after {timeout:.0f} s (prov task show {task['id']})")
+    if task["status"] != "succeeded":
+        raise _task_error(task)
+    return dict(task.get("result") or {})
+
+
+def _run_task(method: str, path: str, label: str, wait: bool, output: OutputFormat,
+              **kwargs: Any) -> dict[str, Any] | None:
+    """Start a guest task; None with ``--no-wait`` (the task was printed), else the task's result."""
+    with client() as c:
+        task = c.request(method, path, **kwargs)
+        if not wait:
+            emit(task, output, columns=TASK_COLUMNS)
+            return None
+        return _follow(c, task, label, output)
 
 
 def build_spec(
@@ -125,6 +181,7 @@ def create(
                                                         exists=True, dir_okay=False)] = None,
     no_start: Annotated[bool, typer.Option("--no-start", help="define only")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="run every check, print the XML, define nothing")] = False,
+    wait: WaitOpt = True,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Create (and start) a guest."""
@@ -137,13 +194,19 @@ def create(
         network_config=network_config.read_text() if network_config else None,
     )
     params = {"dry_run": str(dry_run).lower(), "start": str(not no_start).lower()}
-    data = client().request("POST", _path(host), json=spec, params=params)
-    if dry_run and output == OutputFormat.table:
-        sys.stdout.write(data["xml"])
-        for w in data.get("warnings", []):
-            console.print(f"warning: {w}", markup=False, highlight=False)
+    if dry_run:
+        with client() as c:
+            data = c.post(_path(host), json=spec, params=params)
+        if output == OutputFormat.table:
+            sys.stdout.write(data["xml"])
+            for w in data.get("warnings", []):
+                console.print(f"warning: {w}", markup=False, highlight=False)
+        else:
+            emit(data, output)
         return
-    emit(_row(data) if output == OutputFormat.table else data, output)
+    result = _run_task("POST", _path(host), name, wait, output, json=spec, params=params)
+    if result is not None:
+        emit(_row(result) if output == OutputFormat.table else result, output)
 
 
 def _row(g: dict[str, Any]) -> dict[str, Any]:
@@ -202,11 +265,14 @@ def rm(
     name: str,
     host: str = HostOpt,
     keep_volumes: Annotated[bool, typer.Option("--keep-volumes")] = False,
+    wait: WaitOpt = True,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Destroy and undefine a guest, deleting its volumes and DHCP reservations."""
     params = {"volumes": str(not keep_volumes).lower()}
-    emit(client().request("DELETE", _path(host, name), params=params), output)
+    result = _run_task("DELETE", _path(host, name), name, wait, output, params=params)
+    if result is not None:
+        emit(result, output)
 
 
 @vm_app.command("console")

@@ -14,7 +14,7 @@ import typer
 
 from provisioner.cli.groups import virt_app
 from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, handle_errors
-from provisioner.drivers.virt import preflight
+from provisioner.drivers.virt.preflight import VirtReport, collect_facts, evaluate
 from provisioner.errors import ProvError
 from provisioner.settings import get_settings
 
@@ -31,15 +31,14 @@ def local_report(uri: str | None = None) -> dict[str, Any]:
             domcaps = conn.domain_capabilities()
     except ProvError as exc:
         note = f"libvirt at {uri} not reachable ({exc.message}); report from /proc and /sys only"
-    report = preflight.evaluate(preflight.collect_facts("/"), domcaps)
+    report = evaluate(collect_facts("/"), domcaps)
     if note:
         report.warnings.append(note)
     return {"host": "local", "uri": uri, **report.to_dict()}
 
 
 def print_report(data: dict[str, Any]) -> None:
-    report = preflight.VirtReport.from_dict({k: v for k, v in data.items()
-                                             if k in preflight.VirtReport.__dataclass_fields__})
+    report = VirtReport.from_dict({k: v for k, v in data.items() if k in VirtReport.__dataclass_fields__})
     facts = report.facts
     cpu = facts.get("cpu", {})
     dev = facts.get("dev_kvm", {})

@@ -50,10 +50,10 @@ class CheckResult:
 
 
 def _libvirt_guests(session: Session, settings: Settings, host: str) -> list[dict[str, Any]]:
-    # Imported here: the virt route module pulls in libvirt, which only guest checks need.
-    from provisioner.api.routes.virt import connect
+    # Imported here: conductor.virt pulls in libvirt, which only guest checks need.
+    from provisioner.conductor.virt import connect
 
-    with connect(session, settings, host) as conn:
+    with connect(settings, host) as conn:  # resolves the host in its own short session
         return conn.list_guests()
 
 

@@ -8,6 +8,9 @@ touches libvirt; a failure half-way rolls back what was made.
 URIs: ``qemu:///system`` (local), ``qemu+unix:///system?socket=...`` (a
 libvirtd with its own socket, used by the tests), ``qemu+ssh://[user@]host/system``
 (an enrolled KVM host), ``test:///default`` (libvirt's in-process test driver).
+
+``VirtConnection`` is the libvirt ``VirtInterface`` (drivers/virt/base.py); the
+data it shares with the fake (``NetworkSpec``, ``GuestPlan``) lives in spec.py.
 """
 
 from __future__ import annotations
@@ -32,8 +35,17 @@ from urllib.parse import parse_qs, urlsplit
 import libvirt
 
 from provisioner.drivers.virt import preflight
+from provisioner.drivers.virt.base import (
+    STEP_DEFINE,
+    STEP_NETWORKS,
+    STEP_SEED,
+    STEP_START,
+    STEP_VOLUMES,
+    StepFn,
+    VirtInterface,
+)
 from provisioner.drivers.virt.preflight import VirtReport
-from provisioner.drivers.virt.spec import OVMF_CODE, OVMF_VARS, GuestSpec, NicSpec
+from provisioner.drivers.virt.spec import OVMF_CODE, OVMF_VARS, GuestPlan, GuestSpec, NetworkSpec, NicSpec
 from provisioner.errors import Conflict, NotFound, ProvError, VirtError, VirtRefused
 from provisioner.render import render
 
@@ -85,42 +97,6 @@ def translate(what: str, *, kind: str | None = None, name: str | None = None) ->
 # --------------------------------------------------------------------------- networks
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
-    """A libvirt network created on demand. NAT: own bridge + dnsmasq; bridge: an existing host bridge."""
-
-    name: str
-    mode: str = "nat"  # nat | bridge
-    subnet: str = "192.168.212.0/24"
-    bridge: str | None = None  # nat: bridge name to create (default virbr-<hash>); bridge: existing bridge
-    lease_minutes: int = 60
-
-    def context(self) -> dict[str, Any]:
-        if self.mode == "bridge":
-            if not self.bridge:
-                raise VirtRefused(reason=f"network {self.name}: a bridged network needs a bridge name")
-            return {"name": self.name, "mode": "bridge", "bridge": self.bridge}
-        net = ipaddress.IPv4Network(self.subnet)
-        hosts = list(net.hosts())
-        if len(hosts) < 8:
-            raise VirtRefused(reason=f"network {self.name}: subnet {net} too small")
-        half = len(hosts) // 2
-        # Dynamic range in the upper half; reservations are taken from the lower half (see reserve()).
-        # Linux limits interface names to 15 characters (IFNAMSIZ 16 incl. NUL).
-        bridge = self.bridge or f"virbr-{abs(hash(self.name)) % 10**8:08d}"[:15]
-        return {
-            "name": self.name,
-            "mode": "nat",
-            "bridge": bridge,
-            "gateway": str(hosts[0]),
-            "netmask": str(net.netmask),
-            "dhcp_start": str(hosts[half]),
-            "dhcp_end": str(hosts[-1]),
-            "lease_minutes": self.lease_minutes,
-            "hosts": [],
-        }
-
-
 @dataclass
 class _NetInfo:
     name: str
@@ -155,34 +131,6 @@ def _parse_network(xml: str) -> _NetInfo:
 # --------------------------------------------------------------------------- guests
 
 
-@dataclass
-class GuestPlan:
-    """What create_guest would do: the output of a dry run."""
-
-    spec: GuestSpec
-    xml: str
-    volumes: list[dict[str, Any]]
-    reservations: list[dict[str, str]]
-    seed_volume: dict[str, Any] | None
-    warnings: list[str]
-    make_networks: list[NetworkSpec] = field(default_factory=list)
-    make_pools: dict[str, str] = field(default_factory=dict)
-    kept_reservations: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "xml": self.xml,
-            "volumes": self.volumes,
-            "reservations": self.reservations,
-            "seed_volume": self.seed_volume,
-            "warnings": self.warnings,
-            "create_networks": [n.name for n in self.make_networks],
-            "create_pools": sorted(self.make_pools),
-            "kept_reservations": self.kept_reservations,
-        }
-
-
 def _disk_target(bus: str, index: int) -> str:
     letter = "abcdefghijklmnopqrstuvwxyz"[index]
     return ("vd" if bus == "virtio" else "sd") + letter
@@ -207,8 +155,8 @@ def ssh_target(uri: str) -> tuple[str, list[str]] | None:
     return target, opts
 
 
-class VirtConnection:
-    """One libvirt connection and the operations prov needs on it."""
+class VirtConnection(VirtInterface):
+    """One libvirt connection and the operations prov needs on it (the conductor's ``VirtInterface``)."""
 
     def __init__(self, uri: str, *, console_dir: str | None = None, default_pool: str = "default",
                  default_network: str = "default") -> None:
@@ -695,12 +643,14 @@ class VirtConnection:
     # ------------------------------------------------------------------ guests: lifecycle
     def create_guest(self, spec: GuestSpec, report: VirtReport | None = None, *, start: bool = True,
                      auto_networks: dict[str, NetworkSpec] | None = None,
-                     auto_pools: dict[str, str] | None = None) -> dict[str, Any]:
+                     auto_pools: dict[str, str] | None = None, on_step: StepFn | None = None) -> dict[str, Any]:
         plan = self.plan_guest(spec, report, auto_networks=auto_networks, auto_pools=auto_pools)
+        step = on_step or (lambda _name: None)
         made_volumes: list[str] = []
         made_reservations: list[tuple[str, str]] = []
         defined = False
         # Networks and pools made on demand are shared infrastructure: they stay even if this guest fails.
+        step(STEP_NETWORKS)
         for net_spec in plan.make_networks:
             self.ensure_network(net_spec)
         for pool_name, pool_dir in plan.make_pools.items():
@@ -716,19 +666,23 @@ class VirtConnection:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prov-reserve")
         reserving = pool.submit(reserve_all)
         try:
+            step(STEP_VOLUMES)
             for v in plan.volumes:
                 made_volumes.append(self.create_volume(
                     v["pool"], v["name"], v["size_bytes"],
                     backing_path=v["backing_path"], backing_format=v["backing_format"],
                 ))
             if plan.seed_volume is not None and spec.seed is not None:
+                step(STEP_SEED)
                 iso = build_seed_iso(spec.name, spec.seed.user_data, spec.seed.meta_data, spec.seed.network_config)
                 made_volumes.append(self.upload_volume(plan.seed_volume["pool"], plan.seed_volume["name"], iso))
+            step(STEP_DEFINE)
             with translate(f"define {spec.name}"):
                 dom = self._conn.defineXMLFlags(plan.xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
             defined = True
             reserving.result()
             if start:
+                step(STEP_START)
                 with translate(f"start {spec.name}"):
                     dom.create()
         except BaseException:

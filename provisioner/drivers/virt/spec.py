@@ -3,19 +3,22 @@
 The spec is pure data: no libvirt, no I/O except ``validate_paths()`` which checks
 files on the machine that renders the XML (firmware, kernel). The libvirt driver
 turns a spec plus resolved volume paths into domain XML through
-``templates/libvirt/domain.xml.j2``.
+``templates/libvirt/domain.xml.j2``. ``NetworkSpec`` (a network made on demand)
+and ``GuestPlan`` (the result of every check: what a create would make) are
+data too, shared by every ``VirtInterface`` implementation (drivers/virt/base.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from provisioner.errors import InvalidInput
+from provisioner.errors import InvalidInput, VirtRefused
 
 # Debian's ovmf package: 4 MiB flash images (the 2 MiB ones are legacy). Pair CODE with the matching VARS.
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -189,3 +192,70 @@ def invalid_from(exc: ValidationError) -> InvalidInput:
     loc = ".".join(str(p) for p in err.get("loc", ())) or "spec"
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return InvalidInput(field=loc, reason=msg)
+
+
+# --------------------------------------------------------------------------- networks and plans
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A libvirt network created on demand. NAT: own bridge + dnsmasq; bridge: an existing host bridge."""
+
+    name: str
+    mode: str = "nat"  # nat | bridge
+    subnet: str = "192.168.212.0/24"
+    bridge: str | None = None  # nat: bridge name to create (default virbr-<hash>); bridge: existing bridge
+    lease_minutes: int = 60
+
+    def context(self) -> dict[str, Any]:
+        if self.mode == "bridge":
+            if not self.bridge:
+                raise VirtRefused(reason=f"network {self.name}: a bridged network needs a bridge name")
+            return {"name": self.name, "mode": "bridge", "bridge": self.bridge}
+        net = ipaddress.IPv4Network(self.subnet)
+        hosts = list(net.hosts())
+        if len(hosts) < 8:
+            raise VirtRefused(reason=f"network {self.name}: subnet {net} too small")
+        half = len(hosts) // 2
+        # Dynamic range in the upper half; reservations are taken from the lower half (see reserve()).
+        # Linux limits interface names to 15 characters (IFNAMSIZ 16 incl. NUL).
+        bridge = self.bridge or f"virbr-{abs(hash(self.name)) % 10**8:08d}"[:15]
+        return {
+            "name": self.name,
+            "mode": "nat",
+            "bridge": bridge,
+            "gateway": str(hosts[0]),
+            "netmask": str(net.netmask),
+            "dhcp_start": str(hosts[half]),
+            "dhcp_end": str(hosts[-1]),
+            "lease_minutes": self.lease_minutes,
+            "hosts": [],
+        }
+
+
+@dataclass
+class GuestPlan:
+    """What create_guest would do: the output of a dry run."""
+
+    spec: GuestSpec
+    xml: str
+    volumes: list[dict[str, Any]]
+    reservations: list[dict[str, str]]
+    seed_volume: dict[str, Any] | None
+    warnings: list[str]
+    make_networks: list[NetworkSpec] = field(default_factory=list)
+    make_pools: dict[str, str] = field(default_factory=dict)
+    kept_reservations: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "xml": self.xml,
+            "volumes": self.volumes,
+            "reservations": self.reservations,
+            "seed_volume": self.seed_volume,
+            "warnings": self.warnings,
+            "create_networks": [n.name for n in self.make_networks],
+            "create_pools": sorted(self.make_pools),
+            "kept_reservations": self.kept_reservations,
+        }
