@@ -25,22 +25,24 @@ import yaml
 from jinja2 import meta, nodes
 from sqlmodel import Session
 
-from provisioner.drivers.boot import pxe
+from provisioner.conductor.boot_context import boot_context
+from provisioner.conductor.netboot import preview_boot_config
+from provisioner.drivers.boot.configs import BOOT_KINDS
+from provisioner.drivers.deploy.base import CONFIG_METHODS, INSTALL_METHODS
+from provisioner.drivers.deploy.templates import TemplateDeploy
 from provisioner.errors import InvalidInput, TemplateError
 from provisioner.models import Host, Profile
-from provisioner.render import get_env, render, render_string
+from provisioner.render import get_env, render_string
 from provisioner.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-INSTALL_KINDS = ("kickstart", "preseed", "autoinstall")
-KINDS = (*INSTALL_KINDS, *pxe.BOOT_KINDS)
+# The install methods (drivers/deploy/base.py) whose installer fetches a config file have one kind each.
+INSTALL_KINDS = CONFIG_METHODS
+KINDS = (*INSTALL_KINDS, *BOOT_KINDS)
 # Which template kind serves each profile install method.
-METHOD_KIND = {"kickstart": "kickstart", "preseed": "preseed", "autoinstall": "autoinstall"}
-INSTALL_METHODS = ("kickstart", "preseed", "autoinstall", "image")
+METHOD_KIND = {m: m for m in CONFIG_METHODS}
 DEFAULT_NAME = {"kickstart": "default", "preseed": "default", "autoinstall": "user-data"}
-# Names the code renders itself for the boot kinds; operators may override them.
-BOOT_NAMES = ("install", "local", "discover", "boot")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_TEMPLATE_BYTES = 256 * 1024
@@ -103,7 +105,7 @@ def boot_sample() -> dict[str, Any]:
 
 def context_for(kind: str, name: str, install_method: str | None = None) -> dict[str, Any]:
     """The sample context a template of this kind and name is checked (and golden-rendered) with."""
-    if kind in pxe.BOOT_KINDS and name == "discover":
+    if kind in BOOT_KINDS and name == "discover":
         return discovery_sample()
     if kind == "ipxe" and name == "boot":
         return boot_sample()
@@ -229,7 +231,7 @@ def _kickstart_check(label: str, text: str) -> None:
 
 def _contexts(kind: str, name: str) -> list[dict[str, Any]]:
     # Boot-kind install templates branch on the install method: exercise every branch.
-    if kind in pxe.BOOT_KINDS and name not in ("discover", "boot"):
+    if kind in BOOT_KINDS and name not in ("discover", "boot"):
         return [sample_context(m) for m in INSTALL_METHODS]
     return [context_for(kind, name)]
 
@@ -332,16 +334,16 @@ def render_install_file(session: Session, host: Host, token: str | None, setting
     profile = session.get(Profile, host.profile_id) if host.profile_id is not None else None
     if profile is None:
         raise InvalidInput(field="profile", reason=f"host {host.name} has no profile")
-    ctx = pxe.boot_context(session, host, s, token=token)
+    ctx = boot_context(session, host, s, token=token)
     tpl = template_file(kind or "autoinstall", name) if name else install_template_name(profile, kind)
-    return render(tpl, ctx, s)
+    return TemplateDeploy(s).render_install_config(tpl, ctx)
 
 
 def render_for_host(session: Session, host: Host, kind: str, settings: Settings | None = None) -> str:
     """What ``host`` would get for ``kind`` right now (placeholder token; nothing is minted)."""
     s = settings or get_settings()
-    if kind in pxe.BOOT_KINDS:
-        return pxe.preview_boot_config(session, host, kind, s)
+    if kind in BOOT_KINDS:
+        return preview_boot_config(session, host, kind, s)
     if kind not in INSTALL_KINDS:
         raise InvalidInput(field="kind", reason=f"unknown template kind {kind!r} (one of {', '.join(KINDS)})")
     return render_install_file(session, host, None, s, kind=kind)

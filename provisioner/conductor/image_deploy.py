@@ -2,15 +2,15 @@
 
 An ``image`` profile names a disk image. A relative ``image_url`` is a file of
 the boot root (served by ``GET /boot/files/...``, Range and HEAD included);
-``publish_image()`` puts an image there as raw bytes with a ``.sha256``
+``drivers.deploy.images.publish_image()`` puts an image there as raw bytes with a ``.sha256``
 sidecar, so the checksum is computed once, not per deploy. An absolute URL
 (another web server) must come with its raw size in ``params.image_size`` and
 its ``image_checksum`` (sha256 of the raw bytes), since the controller cannot
 look at the file.
 
 The deploy ramdisk (provisioner.lab.ramdisk, kernel argument ``prov.run``)
-fetches ``/install/v1/<token>/agent.sh``, rendered from
-``templates/deploy/agent.sh.j2`` by ``agent_script()``: it streams the image to
+fetches ``/install/v1/<token>/agent.sh``, rendered by the deploy driver from
+``templates/deploy/agent.sh.j2`` (``agent_script()``): it streams the image to
 the disk, verifies the sha256 read back from the disk, writes the NoCloud seed
 (hostname, admin SSH keys, network) and reports ``done``; then it reboots,
 and the host's next network boot gets the local-boot script (netboot is off).
@@ -18,8 +18,6 @@ and the host's next network boot gets the local-boot script (netboot is off).
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,20 +25,16 @@ from urllib.parse import urlsplit
 
 from sqlmodel import Session
 
-from provisioner.drivers.boot import pxe
+from provisioner.conductor.boot_context import boot_context
 from provisioner.drivers.boot.http import resolve_boot_file, safe_relpath
+from provisioner.drivers.deploy.base import AFTER_DEPLOY, AFTER_ERROR, RAMDISK_INITRD, RAMDISK_KERNEL, DeployInterface
+from provisioner.drivers.deploy.images import file_sha256, sidecar_sha256
+from provisioner.drivers.deploy.templates import TemplateDeploy
 from provisioner.errors import InvalidInput, NotFound
-from provisioner.lab.images import file_sha256
 from provisioner.models import Host, Profile
-from provisioner.render import render
 from provisioner.settings import Settings
 
 _FORMATS = {".gz": "gz", ".xz": "xz"}  # anything else is streamed as raw
-# After a successful write the agent reboots: the next network boot is a local boot.
-AFTER_DEPLOY = "reboot"
-# After a failure the ramdisk keeps a shell on the console for the operator;
-# the controller has already moved the host to install-failed.
-AFTER_ERROR = "shell"
 
 
 @dataclass(frozen=True)
@@ -66,16 +60,6 @@ def _checksum_hex(checksum: str) -> str:
     return digest.lower()
 
 
-def _sidecar_sha(path: Path) -> str | None:
-    side = path.with_name(path.name + ".sha256")
-    try:
-        if side.stat().st_mtime >= path.stat().st_mtime:
-            return side.read_text().split()[0].lower()
-    except (OSError, IndexError):
-        return None
-    return None
-
-
 def served_image(profile: Profile, settings: Settings, *, hash_missing: bool = True) -> ServedImage:
     """What the agent will stream for ``profile``; InvalidInput/NotFound naming the field if it cannot."""
     url = profile.image_url
@@ -95,7 +79,7 @@ def served_image(profile: Profile, settings: Settings, *, hash_missing: bool = T
     except NotFound as exc:
         raise InvalidInput(field="profile.image_url",
                            reason=f"image {url} is not in the boot root {settings.boot_dir}") from exc
-    sha = _sidecar_sha(path)
+    sha = sidecar_sha256(path)
     if sha is None and profile.image_checksum:
         sha = _checksum_hex(profile.image_checksum)
     if sha is None and hash_missing:
@@ -111,8 +95,8 @@ def served_image(profile: Profile, settings: Settings, *, hash_missing: bool = T
 
 def check_boot_files(profile: Profile, settings: Settings) -> None:
     """install.validate() for image profiles: ramdisk kernel + initrd and the image must be in place."""
-    for field, url, default in (("profile.kernel_url", profile.kernel_url, pxe.RAMDISK_KERNEL),
-                                ("profile.initrd_url", profile.initrd_url, pxe.RAMDISK_INITRD)):
+    for field, url, default in (("profile.kernel_url", profile.kernel_url, RAMDISK_KERNEL),
+                                ("profile.initrd_url", profile.initrd_url, RAMDISK_INITRD)):
         if urlsplit(url).scheme:
             continue  # on another server: cannot be checked without a request
         rel = _boot_rel(url or default)
@@ -126,39 +110,17 @@ def check_boot_files(profile: Profile, settings: Settings) -> None:
     served_image(profile, settings, hash_missing=False)
 
 
-def publish_image(source: Path, boot_dir: Path, rel: str, sha256: str | None = None) -> str:
-    """Place ``source`` (raw) at ``boot_dir/rel`` with a ``.sha256`` sidecar; returns ``sha256:<hex>``.
-
-    A hard link when the boot root shares the file system (a 2 GB copy costs
-    ~10 s of this machine's disk); a copy otherwise. Idempotent.
-    """
-    dest = boot_dir / safe_relpath(rel)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = sha256 or file_sha256(source)
-    same = dest.exists() and os.path.samefile(dest, source)
-    if not same:
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        tmp.replace(dest)
-    side = dest.with_name(dest.name + ".sha256")
-    side.write_text(f"{digest}  {dest.name}\n")
-    return f"sha256:{digest}"
-
-
-def agent_script(session: Session, host: Host, token: str, settings: Settings) -> str:
-    """templates/deploy/agent.sh.j2 for ``host``: the install boot context plus image and deploy."""
+def agent_script(session: Session, host: Host, token: str, settings: Settings, *,
+                 deploy: DeployInterface | None = None) -> str:
+    """The deploy agent for ``host``: the install boot context plus its ``image`` and ``deploy`` parts."""
     profile = session.get(Profile, host.profile_id) if host.profile_id is not None else None
     if profile is None or profile.install_method != "image":
         raise InvalidInput(field="profile", reason=f"host {host.name}'s profile does not deploy an image")
-    ctx: dict[str, Any] = pxe.boot_context(session, host, settings, token=token)
+    ctx: dict[str, Any] = boot_context(session, host, settings, token=token)
     img = served_image(profile, settings)
     ctx["image"] = {"url": ctx["profile"]["image_url"], "sha256": img.sha256, "size": img.size, "format": img.format}
     expires = host.install_token_expires
     # New per deploy (cloud-init re-runs its first-boot modules), and never the token itself.
     stamp = int(expires.timestamp()) if expires is not None else 0
     ctx["deploy"] = {"instance_id": f"prov-{host.id}-{stamp}", "after": AFTER_DEPLOY, "on_error": AFTER_ERROR}
-    return render("deploy/agent.sh.j2", ctx, settings)
+    return (deploy or TemplateDeploy(settings)).render_agent_script(ctx)

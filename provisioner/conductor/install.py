@@ -95,10 +95,10 @@ def validate(session: Session, host: Host, profile: Profile | None, settings: Se
 
 def _render_check(session: Session, host: Host, settings: Settings) -> None:
     """Render what the host will be served (boot script + install file) with a dummy token."""
-    from provisioner.drivers.boot import pxe
+    from provisioner.conductor.boot_context import boot_context
 
     nic = next(n for n in crud.host_nics(session, host_id=host.id or 0) if n.boot)
-    ctx = pxe.boot_context(session, host, settings, token="0" * 43, mac=nic.mac)
+    ctx = boot_context(session, host, settings, token="0" * 43, mac=nic.mac)
     from provisioner import render
 
     render.render("ipxe/install.j2", ctx, settings)

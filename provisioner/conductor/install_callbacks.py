@@ -14,7 +14,6 @@ that the host is in a state where the report makes sense and then acts:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,8 +22,10 @@ from sqlmodel import Session, col, select
 
 from provisioner import lifecycle
 from provisioner import states as S
-from provisioner.conductor import install_tokens
+from provisioner.conductor import install_tokens, power
+from provisioner.conductor.boot_service import notify_hosts_changed
 from provisioner.db import session_scope
+from provisioner.drivers.power.base import BootDevice
 from provisioner.errors import Conflict
 from provisioner.models import Event, Host, Task, utcnow
 from provisioner.secret_store import mask
@@ -129,7 +130,7 @@ def sync_dhcp(host_id: int, settings: Settings) -> None:
     off in the database, which the boot scripts obey whatever dnsmasq does.
     """
     try:
-        importlib.import_module("provisioner.drivers.boot.service").notify_hosts_changed()
+        notify_hosts_changed()
     except Exception as exc:
         log.warning("dhcp reservation sync for host %s failed: %s", host_id, exc)
         _record(host_id, "dhcp-sync-failed", f"DHCP reservation sync after install failed: {exc}", settings)
@@ -137,9 +138,6 @@ def sync_dhcp(host_id: int, settings: Settings) -> None:
 
 def set_disk_boot(host_id: int, settings: Settings) -> bool:
     """Boot device -> disk (persistent). A failure is recorded in the history, never raised."""
-    from provisioner.drivers.power.base import BootDevice
-
-    power = importlib.import_module("provisioner.conductor.power")
     try:
         power.set_boot_device(host_id, device=BootDevice.DISK, persistent=True, settings=settings)
     except Exception as exc:

@@ -30,12 +30,12 @@ verifies against.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner.drivers.deploy.images import file_sha256
 from provisioner.errors import BootError, InvalidInput
 from provisioner.lab.ramdisk import RECIPES_DIR, build_cached, run_checked
 
@@ -57,14 +57,6 @@ class DiskImage:
     def agent_context(self, url: str) -> dict[str, object]:
         """The ``image`` part of templates/deploy/agent.sh.j2's context."""
         return {"url": url, "sha256": self.sha256, "size": self.size, "format": self.format}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def image_key() -> str:

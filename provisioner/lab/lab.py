@@ -259,15 +259,15 @@ class Lab:
         return self.dir / "ssh" / "id_ed25519"
 
     def _publish_payloads(self) -> dict[str, str]:
-        from provisioner.conductor.image_deploy import publish_image
-        from provisioner.drivers.boot import pxe
+        from provisioner.drivers.deploy.base import RAMDISK_INITRD, RAMDISK_KERNEL
+        from provisioner.drivers.deploy.images import publish_image
         from provisioner.lab.images import ensure_image
         from provisioner.lab.ramdisk import ensure_ramdisk
 
         boot = self.settings.boot_dir
         rd = ensure_ramdisk()
         made: list[str] = []
-        for src, rel in ((rd.kernel, pxe.RAMDISK_KERNEL), (rd.initrd, pxe.RAMDISK_INITRD)):
+        for src, rel in ((rd.kernel, RAMDISK_KERNEL), (rd.initrd, RAMDISK_INITRD)):
             dest = boot / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists() or dest.read_bytes() != src.read_bytes():

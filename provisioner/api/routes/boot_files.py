@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from provisioner.api.deps import SettingsDep
-from provisioner.drivers.boot.http import resolve_boot_file
+from provisioner.conductor import netboot
 
 PUBLIC = True
 router = APIRouter(tags=["boot"])
@@ -21,7 +21,7 @@ router = APIRouter(tags=["boot"])
 @router.api_route("/boot/files/{path:path}", methods=["GET", "HEAD"], response_class=FileResponse,
                   summary="Download a boot file (Range and HEAD supported)")
 def boot_file(path: str, settings: SettingsDep) -> FileResponse:
-    real = resolve_boot_file(settings.boot_dir, path)
+    real = netboot.boot_file(settings, path)
     # FileResponse handles HEAD, Range/If-Range (206, 416, multipart) and sets Content-Length.
     return FileResponse(real, media_type="application/octet-stream", filename=None,
                         headers={"Cache-Control": "no-cache"})

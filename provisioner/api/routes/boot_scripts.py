@@ -1,7 +1,7 @@
 """Public iPXE endpoints: the first-stage chain script and the per-MAC boot script.
 
 No operator token: firmware cannot send one. What a MAC gets is decided by
-drivers.boot.pxe (install only with netboot on and the host in an install
+conductor.netboot (install only with netboot on and the host in an install
 state; local boot otherwise; unknown MACs nothing or discovery).
 """
 
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from provisioner.api.deps import SessionDep, SettingsDep
-from provisioner.drivers.boot import pxe
+from provisioner.conductor import netboot
 from provisioner.errors import NotFound
 
 PUBLIC = True
@@ -23,16 +23,16 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 @router.get("/boot.ipxe", response_class=PlainTextResponse)
 def boot_ipxe(settings: SettingsDep, request: Request) -> PlainTextResponse:
-    settings = pxe.settings_for_request(settings, str(request.base_url))
-    return PlainTextResponse(pxe.first_stage_script(settings), headers=_NO_STORE)
+    settings = netboot.settings_for_request(settings, str(request.base_url))
+    return PlainTextResponse(netboot.first_stage_script(settings), headers=_NO_STORE)
 
 
 @router.get("/ipxe/{mac}", response_class=PlainTextResponse,
             responses={404: {"description": "unknown MAC (unknown_mac_action=ignore)"},
                        422: {"description": "not a MAC address"}})
 def host_ipxe(mac: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
-    settings = pxe.settings_for_request(settings, str(request.base_url))
-    text = pxe.boot_config_for_mac(session, mac, "ipxe", settings)
+    settings = netboot.settings_for_request(settings, str(request.base_url))
+    text = netboot.boot_config_for_mac(session, mac, "ipxe", settings)
     if text is None:
         raise NotFound(kind="boot script for MAC", name=mac)
     return PlainTextResponse(text, headers=_NO_STORE)

@@ -23,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, SettingsDep
-from provisioner.conductor import image_deploy, install_callbacks, install_tokens
-from provisioner.drivers.boot import pxe
+from provisioner.conductor import image_deploy, install_callbacks, install_tokens, netboot
 from provisioner.errors import Conflict, InvalidInput
 from provisioner.models import Event, Host, Profile
 from provisioner.secret_store import mask
@@ -81,7 +80,7 @@ def _note_fetch(session: SessionDep, host: Host, what: str) -> None:
 def _file(session: SessionDep, settings: SettingsDep, token: str, what: str, name: str | None = None,
           kind: str | None = None, request: Request | None = None) -> PlainTextResponse:
     if request is not None:
-        settings = pxe.settings_for_request(settings, str(request.base_url))
+        settings = netboot.settings_for_request(settings, str(request.base_url))
     host = _host_for_file(session, token)
     text = render_install_file(session, host, token, settings, kind=kind, name=name)
     _note_fetch(session, host, what)
@@ -96,7 +95,7 @@ def install_config(token: str, session: SessionDep, settings: SettingsDep, reque
 @router.get("/{token}/agent.sh", response_class=PlainTextResponse)
 def agent_sh(token: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
     """The image deploy agent the deploy ramdisk runs (kernel argument ``prov.run``)."""
-    settings = pxe.settings_for_request(settings, str(request.base_url))
+    settings = netboot.settings_for_request(settings, str(request.base_url))
     host = _host_for_file(session, token)
     text = image_deploy.agent_script(session, host, token, settings)
     _note_fetch(session, host, "image deploy agent")

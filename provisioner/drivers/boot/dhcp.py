@@ -20,7 +20,7 @@ Boot information: every *known* host gets the first stage picked by option 93
 (client arch: BIOS ``undionly.kpxe``, UEFI ``ipxe.efi``) and iPXE (user class
 "iPXE") gets the HTTP script directly; unknown MACs get nothing, or the
 discovery chain when ``unknown_mac_action == "discover"``. Whether a boot
-*installs* is decided per MAC by the controller's boot script (pxe.py: install
+*installs* is decided per MAC by the controller's boot script (conductor/netboot.py: install
 only while the host's netboot flag is on and it is in an install state,
 otherwise a local-boot script), never by DHCP. We tried carrying netboot as a
 ``set:netboot`` tag in the host files: dnsmasq 2.90 aborts (SIGABRT/SIGSEGV) on
@@ -55,8 +55,6 @@ from provisioner.errors import BootError, InvalidInput
 from provisioner.render import render
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
-
     from provisioner.settings import Settings
 
 log = logging.getLogger("provisioner.dhcp")
@@ -219,28 +217,8 @@ def render_host(entry: HostEntry) -> str:
                                        "netboot": entry.netboot})
 
 
-def host_entries(session: Session) -> list[HostEntry]:
-    """Every NIC prov knows, as DHCP reservations (netboot follows the host's flag)."""
-    from sqlmodel import select
-
-    from provisioner.models import Host, Nic
-
-    entries: list[HostEntry] = []
-    rows = session.exec(select(Nic, Host).where(Nic.host_id == Host.id)).all()
-    for nic, host in rows:
-        try:
-            entries.append(HostEntry(mac=nic.mac, hostname=_dhcp_name(host.name), ip=nic.ip,
-                                     netboot=bool(host.netboot and (nic.boot or _only_nic(rows, host.id)))))
-        except InvalidInput as exc:
-            log.warning("dhcp: skipping NIC %s of host %s: %s", nic.mac, host.name, exc.message)
-    return entries
-
-
-def _only_nic(rows: object, host_id: int | None) -> bool:
-    return sum(1 for nic, _h in rows if nic.host_id == host_id) == 1  # type: ignore[attr-defined,misc]
-
-
-def _dhcp_name(name: str) -> str:
+def dhcp_name(name: str) -> str:
+    """A host name as a valid DHCP host name (lower case, letters, digits and hyphens, <= 63)."""
     return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:63] or "host"
 
 

@@ -23,14 +23,13 @@ client, file, bytes, duration.
 
 Per-MAC boot configs (``pxelinux.cfg/01-<mac>``, ``grub.cfg-01-<mac>``,
 ``grub/grub.cfg-01-<mac>``) never exist on disk: a *dynamic hook* renders them
-on request (see :func:`pxe_config_hook`).
+on request (the conductor passes it in, see :func:`serve`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import logging
 import mmap
 import os
@@ -611,31 +610,14 @@ def match_dynamic(rel: str) -> tuple[str, str] | None:
     return None
 
 
-def pxe_config_hook(settings: Settings) -> DynamicHook:
-    """A dynamic hook that renders per-MAC pxelinux/GRUB configs via pxe.boot_config_for_mac."""
+def serve(settings: Settings, dynamic: DynamicHook | None = None) -> TftpServer:
+    """Start the TFTP server that ``prov serve`` runs beside the API.
 
-    def hook(rel: str, _peer: tuple[str, int]) -> bytes | None:
-        found = match_dynamic(rel)
-        if found is None:
-            return None
-        kind, mac = found
-        from provisioner.db import session_scope
-
-        # imported late: pxe.py pulls in templates and the DB models, TFTP itself needs neither
-        pxe = importlib.import_module("provisioner.drivers.boot.pxe")
-        with session_scope(settings) as session:
-            text = pxe.boot_config_for_mac(session, mac, kind, settings)
-        if text is None:
-            raise TftpNotFound(rel)  # unknown MAC or netboot off: nothing, never an installer
-        return text.encode()
-
-    return hook
-
-
-def serve(settings: Settings) -> TftpServer:
-    """Start the TFTP server that ``prov serve`` runs beside the API."""
+    ``dynamic`` answers the per-MAC config paths (:func:`match_dynamic`); the
+    conductor passes it in (conductor/boot_service.py), since only it knows
+    which host a MAC is and what it may boot.
+    """
     root = settings.boot_dir
     root.mkdir(parents=True, exist_ok=True)
-    cfg = TftpConfig(root=root, host=settings.tftp_host, port=settings.tftp_port,
-                     dynamic=pxe_config_hook(settings))
+    cfg = TftpConfig(root=root, host=settings.tftp_host, port=settings.tftp_port, dynamic=dynamic)
     return TftpServer(cfg).start()

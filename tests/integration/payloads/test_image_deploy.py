@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.lab.images import DiskImage, file_sha256
+from provisioner.drivers.deploy.images import file_sha256
+from provisioner.lab.images import DiskImage
 from provisioner.lab.ramdisk import Ramdisk
 from tests.integration.payloads.fake_controller import (
     MAC,

@@ -10,9 +10,12 @@ from sqlmodel import Session
 
 from provisioner import migrate, render
 from provisioner import states as S
-from provisioner.conductor import image_deploy
+from provisioner.conductor import image_deploy, netboot
+from provisioner.conductor.boot_context import boot_context
 from provisioner.db import get_engine
-from provisioner.drivers.boot import pxe
+from provisioner.drivers.deploy.base import RAMDISK_INITRD, RAMDISK_KERNEL
+from provisioner.drivers.deploy.fake import FakeDeploy
+from provisioner.drivers.deploy.images import publish_image
 from provisioner.errors import InvalidInput
 from provisioner.models import Host, Nic, Profile
 from provisioner.settings import Settings
@@ -48,11 +51,11 @@ def _host(settings: Settings, image_url: str, checksum: str = "") -> int:
 def test_publish_then_agent_script_names_image_checksum_size_and_seed(settings: Settings, tmp_path: Path) -> None:
     src = tmp_path / "disk.raw"
     src.write_bytes(b"\x01" * 4096)
-    checksum = image_deploy.publish_image(src, settings.boot_dir, "images/lab.raw")
+    checksum = publish_image(src, settings.boot_dir, "images/lab.raw")
     assert checksum == "sha256:" + hashlib.sha256(src.read_bytes()).hexdigest()
     assert (settings.boot_dir / "images/lab.raw.sha256").read_text().startswith(checksum[7:])
     hid = _host(settings, "images/lab.raw", checksum)
-    for f in (pxe.RAMDISK_KERNEL, pxe.RAMDISK_INITRD):
+    for f in (RAMDISK_KERNEL, RAMDISK_INITRD):
         (settings.boot_dir / f).parent.mkdir(parents=True, exist_ok=True)
         (settings.boot_dir / f).write_bytes(b"k")
     with Session(get_engine(settings)) as s:
@@ -62,7 +65,7 @@ def test_publish_then_agent_script_names_image_checksum_size_and_seed(settings: 
         assert prof is not None
         image_deploy.check_boot_files(prof, settings)
         text = image_deploy.agent_script(s, host, "1.tok", settings)
-        ctx = pxe.boot_context(s, host, settings, token="1.tok")
+        ctx = boot_context(s, host, settings, token="1.tok")
     assert "IMAGE_URL=http://10.213.0.1:8700/boot/files/images/lab.raw" in text
     assert f"IMAGE_SHA256={checksum[7:]}" in text and "IMAGE_SIZE=4096" in text
     assert "EVENTS=http://10.213.0.1:8700/install/v1/1.tok/events" in text
@@ -75,7 +78,7 @@ def test_publish_then_agent_script_names_image_checksum_size_and_seed(settings: 
 def test_validation_names_the_missing_ramdisk_and_a_wrong_checksum(settings: Settings, tmp_path: Path) -> None:
     src = tmp_path / "disk.raw"
     src.write_bytes(b"\x02" * 512)
-    image_deploy.publish_image(src, settings.boot_dir, "images/lab.raw")
+    publish_image(src, settings.boot_dir, "images/lab.raw")
     hid = _host(settings, "images/lab.raw", "sha256:" + "0" * 64)
     with Session(get_engine(settings)) as s:
         host = s.get(Host, hid)
@@ -84,7 +87,7 @@ def test_validation_names_the_missing_ramdisk_and_a_wrong_checksum(settings: Set
         assert prof is not None
         with pytest.raises(InvalidInput, match="prov/vmlinuz is missing"):
             image_deploy.check_boot_files(prof, settings)
-        for f in (pxe.RAMDISK_KERNEL, pxe.RAMDISK_INITRD):
+        for f in (RAMDISK_KERNEL, RAMDISK_INITRD):
             (settings.boot_dir / f).parent.mkdir(parents=True, exist_ok=True)
             (settings.boot_dir / f).write_bytes(b"k")
         with pytest.raises(InvalidInput, match="sha256"):
@@ -92,6 +95,25 @@ def test_validation_names_the_missing_ramdisk_and_a_wrong_checksum(settings: Set
 
 
 def test_request_base_url_only_without_public_url(settings: Settings) -> None:
-    assert pxe.settings_for_request(settings, "http://10.9.9.1:80/").base_url == "http://10.213.0.1:8700"
+    assert netboot.settings_for_request(settings, "http://10.9.9.1:80/").base_url == "http://10.213.0.1:8700"
     bare = settings.model_copy(update={"public_url": None})
-    assert pxe.settings_for_request(bare, "http://10.9.9.1:8700/").base_url == "http://10.9.9.1:8700"
+    assert netboot.settings_for_request(bare, "http://10.9.9.1:8700/").base_url == "http://10.9.9.1:8700"
+
+
+def test_agent_script_context_through_the_fake_deploy_driver(settings: Settings, tmp_path: Path) -> None:
+    src = tmp_path / "disk.raw"
+    src.write_bytes(b"\x03" * 2048)
+    checksum = publish_image(src, settings.boot_dir, "images/lab.raw")
+    hid = _host(settings, "images/lab.raw", checksum)
+    deploy = FakeDeploy()
+    with Session(get_engine(settings)) as s:
+        host = s.get(Host, hid)
+        assert host is not None
+        image_deploy.agent_script(s, host, "1.tok", settings, deploy=deploy)
+    [(what, template, ctx)] = deploy.calls
+    assert (what, template) == ("agent", "deploy/agent.sh.j2")
+    assert ctx["token"] == "1.tok" and ctx["urls"]["agent"].endswith("/install/v1/1.tok/agent.sh")
+    assert ctx["image"] == {"url": "http://10.213.0.1:8700/boot/files/images/lab.raw", "sha256": checksum[7:],
+                            "size": 2048, "format": "raw"}
+    assert ctx["deploy"]["after"] == "reboot" and ctx["deploy"]["on_error"] == "shell"
+    assert "1.tok" not in ctx["deploy"]["instance_id"]

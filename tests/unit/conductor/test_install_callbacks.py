@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 from sqlmodel import select
 
@@ -85,26 +82,27 @@ def test_done_while_still_installing_is_a_conflict(db, settings):
     cb.handle(db, host, cb.InstallEvent("start"), settings)  # start may race the workflow's "wait" step
 
 
-@pytest.fixture
-def fake_power(monkeypatch):
-    calls: list[dict] = []
-    mod = types.ModuleType("provisioner.conductor.power")
+class _FakePower:
+    def __init__(self) -> None:
+        self.fail = False
+        self.calls: list[dict] = []
 
-    def set_boot_device(host_id, device, persistent=False, settings=None):
-        calls.append({"host_id": host_id, "device": str(device), "persistent": persistent})
-        if mod.fail:  # type: ignore[attr-defined]
+    def set_boot_device(self, host_id, device, persistent=False, settings=None):
+        self.calls.append({"host_id": host_id, "device": str(device), "persistent": persistent})
+        if self.fail:
             raise RuntimeError("BMC said no")
 
-    mod.set_boot_device = set_boot_device  # type: ignore[attr-defined]
-    mod.fail = False  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "provisioner.conductor.power", mod)
-    return mod, calls
+
+@pytest.fixture
+def fake_power(monkeypatch):
+    fake = _FakePower()
+    monkeypatch.setattr("provisioner.conductor.power.set_boot_device", fake.set_boot_device)
+    return fake, fake.calls
 
 
 @pytest.fixture
 def fake_dhcp(monkeypatch, settings):
     calls: list[bool] = []
-    mod = types.ModuleType("provisioner.drivers.boot.service")
 
     def notify_hosts_changed():
         # called after the commit: the DHCP sync must already see netboot off
@@ -113,8 +111,7 @@ def fake_dhcp(monkeypatch, settings):
         with session_scope(settings) as s:
             calls.append(all(not h.netboot for h in s.exec(select(Host)).all()))
 
-    mod.notify_hosts_changed = notify_hosts_changed  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "provisioner.drivers.boot.service", mod)
+    monkeypatch.setattr("provisioner.conductor.install_callbacks.notify_hosts_changed", notify_hosts_changed)
     return calls
 
 
@@ -139,13 +136,10 @@ def test_done_syncs_dhcp_and_sets_disk_boot_in_background(db, settings, fake_pow
 def test_failures_after_done_are_recorded_not_raised(db, settings, fake_power, monkeypatch):
     mod, _calls = fake_power
     mod.fail = True
-    broken = types.ModuleType("provisioner.drivers.boot.service")
-
     def notify_hosts_changed():
         raise OSError("dnsmasq reload failed")
 
-    broken.notify_hosts_changed = notify_hosts_changed  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "provisioner.drivers.boot.service", broken)
+    monkeypatch.setattr("provisioner.conductor.install_callbacks.notify_hosts_changed", notify_hosts_changed)
 
     class Runner:
         def submit(self, kind, fn, **kw):

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from provisioner import states as S
-from provisioner.conductor import install_tokens
-from provisioner.drivers.boot import pxe
+from provisioner.conductor import install_tokens, netboot
+from provisioner.conductor.boot_context import PREVIEW_TOKEN, boot_context
 from provisioner.errors import Forbidden, InvalidInput
 from tests.support.install import PUBLIC_URL, SSH_KEY, add_host, db, settings, snapshot  # noqa: F401
 
@@ -19,7 +19,7 @@ TOKEN_RE = re.compile(r"prov\.token=(\S+)")
 @pytest.mark.parametrize("kind", ["ipxe", "pxelinux", "grub"])
 def test_install_config_carries_a_fresh_token_that_verifies(db, settings, kind):
     host = add_host(db, method="preseed")
-    text = pxe.boot_config_for_mac(db, _mac(db, host), kind, settings)
+    text = netboot.boot_config_for_mac(db, _mac(db, host), kind, settings)
     assert text is not None
     m = TOKEN_RE.search(text)
     assert m, text
@@ -39,8 +39,8 @@ def _mac(db, host) -> str:
 def test_second_boot_fetch_invalidates_the_first_token(db, settings):
     host = add_host(db)
     mac = _mac(db, host)
-    first = TOKEN_RE.search(pxe.boot_config_for_mac(db, mac, "ipxe", settings) or "").group(1)  # type: ignore[union-attr]
-    second = TOKEN_RE.search(pxe.boot_config_for_mac(db, mac, "ipxe", settings) or "").group(1)  # type: ignore[union-attr]
+    first = TOKEN_RE.search(netboot.boot_config_for_mac(db, mac, "ipxe", settings) or "").group(1)  # type: ignore[union-attr]
+    second = TOKEN_RE.search(netboot.boot_config_for_mac(db, mac, "ipxe", settings) or "").group(1)  # type: ignore[union-attr]
     assert first != second
     with pytest.raises(Forbidden):
         install_tokens.verify(db, first)
@@ -48,45 +48,45 @@ def test_second_boot_fetch_invalidates_the_first_token(db, settings):
 
 
 @pytest.mark.parametrize(
-    ("state", "netboot"),
+    ("state", "netboot_on"),
     [(S.INSTALL_WAIT, False), (S.ACTIVE, True), (S.BOOTING, True), (S.INSTALL_FAILED, True), (S.AVAILABLE, True)],
 )
-def test_local_boot_unless_installing_with_netboot(db, settings, state, netboot):
-    host = add_host(db, state=state, netboot=netboot)
+def test_local_boot_unless_installing_with_netboot(db, settings, state, netboot_on):
+    host = add_host(db, state=state, netboot=netboot_on)
     mac = _mac(db, host)
     before = snapshot(db)
-    ipxe = pxe.boot_config_for_mac(db, mac.upper().replace(":", "-"), "ipxe", settings)
+    ipxe = netboot.boot_config_for_mac(db, mac.upper().replace(":", "-"), "ipxe", settings)
     assert ipxe is not None and ipxe.startswith("#!ipxe\n")
     assert "sanboot --no-describe --drive 0x80" in ipxe
     assert "prov.token" not in ipxe
-    assert "LOCALBOOT 0" in (pxe.boot_config_for_mac(db, mac, "pxelinux", settings) or "")
-    assert "exit" in (pxe.boot_config_for_mac(db, mac, "grub", settings) or "")
+    assert "LOCALBOOT 0" in (netboot.boot_config_for_mac(db, mac, "pxelinux", settings) or "")
+    assert "exit" in (netboot.boot_config_for_mac(db, mac, "grub", settings) or "")
     assert snapshot(db) == before  # no token minted for a local boot
 
 
 def test_host_without_profile_boots_locally(db, settings):
     host = add_host(db, with_profile=False)
-    assert "sanboot" in (pxe.boot_config_for_mac(db, _mac(db, host), "ipxe", settings) or "")
+    assert "sanboot" in (netboot.boot_config_for_mac(db, _mac(db, host), "ipxe", settings) or "")
 
 
 def test_unknown_mac_gets_nothing_by_default(db, settings):
     add_host(db)
-    assert pxe.boot_config_for_mac(db, "02:00:00:00:00:99", "ipxe", settings) is None
-    assert pxe.boot_config_for_mac(db, "02:00:00:00:00:99", "pxelinux", settings) is None
+    assert netboot.boot_config_for_mac(db, "02:00:00:00:00:99", "ipxe", settings) is None
+    assert netboot.boot_config_for_mac(db, "02:00:00:00:00:99", "pxelinux", settings) is None
 
 
 def test_unknown_mac_gets_discovery_when_configured(db, settings):
     s = settings.model_copy(update={"unknown_mac_action": "discover"})
-    text = pxe.boot_config_for_mac(db, "02:00:00:00:00:99", "ipxe", s)
+    text = netboot.boot_config_for_mac(db, "02:00:00:00:00:99", "ipxe", s)
     assert text is not None and text.startswith("#!ipxe\n")
     assert "02:00:00:00:00:99" in text and "kernel" not in text and "token" not in text
 
 
 def test_bad_mac_and_kind_are_refused(db, settings):
     with pytest.raises(InvalidInput):
-        pxe.boot_config_for_mac(db, "not-a-mac", "ipxe", settings)
+        netboot.boot_config_for_mac(db, "not-a-mac", "ipxe", settings)
     with pytest.raises(InvalidInput):
-        pxe.boot_config_for_mac(db, "02:00:00:00:00:99", "bios", settings)
+        netboot.boot_config_for_mac(db, "02:00:00:00:00:99", "bios", settings)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_profile_params_cannot_inject_directives(db, settings, key, value):
     host = add_host(db, params={"ssh_authorized_keys": [SSH_KEY], key: value})
     before = snapshot(db)
     with pytest.raises(InvalidInput) as exc:
-        pxe.boot_config_for_mac(db, _mac(db, host), "ipxe", settings)
+        netboot.boot_config_for_mac(db, _mac(db, host), "ipxe", settings)
     assert key in exc.value.message
     assert snapshot(db) == before  # refused before a token was minted
 
@@ -107,8 +107,8 @@ def test_profile_params_cannot_inject_directives(db, settings, key, value):
 def test_context_has_the_install_parameters(db, settings):
     host = add_host(db, method="kickstart", os_family="rhel",
                     params={"ssh_authorized_keys": SSH_KEY, "domain": "lab.test", "packages": ["vim"]})
-    ctx = pxe.boot_context(db, host, settings)
-    assert ctx["token"] == pxe.PREVIEW_TOKEN
+    ctx = boot_context(db, host, settings)
+    assert ctx["token"] == PREVIEW_TOKEN
     assert ctx["host"]["fqdn"] == f"{host.name}.lab.test"
     assert ctx["install"]["ssh_authorized_keys"] == [SSH_KEY]
     assert ctx["install"]["mirror"].startswith("https://dl.rockylinux.org/")
@@ -120,6 +120,6 @@ def test_context_has_the_install_parameters(db, settings):
 def test_preview_mints_nothing(db, settings):
     host = add_host(db)
     before = snapshot(db)
-    text = pxe.preview_boot_config(db, host, "ipxe", settings)
-    assert f"prov.token={pxe.PREVIEW_TOKEN}" in text
+    text = netboot.preview_boot_config(db, host, "ipxe", settings)
+    assert f"prov.token={PREVIEW_TOKEN}" in text
     assert snapshot(db) == before

@@ -10,7 +10,7 @@ import pytest
 from provisioner import crud
 from provisioner import states as S
 from provisioner.conductor import install_tokens
-from provisioner.drivers.boot import pxe
+from provisioner.conductor.boot_context import PREVIEW_TOKEN
 from provisioner.models import Host, utcnow
 from tests.support.install import PUBLIC_URL, add_host, api, db, settings, snapshot, wait_tasks  # noqa: F401
 
@@ -187,7 +187,7 @@ def test_rendered_preview_and_templates_api(api, db):
     before = snapshot(db)
     r = api.client.get(f"/api/v1/hosts/{host.name}/rendered/kickstart", headers=api.auth)
     assert r.status_code == 200 and r.text.startswith("#version=RHEL9")
-    assert pxe.PREVIEW_TOKEN in r.text
+    assert PREVIEW_TOKEN in r.text
     r = api.client.get(f"/api/v1/hosts/{host.id}/rendered/ipxe", headers=api.auth)
     assert r.status_code == 200 and r.text.startswith("#!ipxe\n") and "inst.ks=" in r.text
     assert snapshot(db) == before

@@ -1,0 +1,142 @@
+"""The boot services beside the API: TFTP and (optionally) dnsmasq DHCP, fed from the database.
+
+``prov serve``'s lifespan calls ``start(settings)`` and, at shutdown, the
+callable it returns. Each part starts independently: a TFTP port that cannot
+be bound does not keep DHCP down, and neither keeps the API down (the failure
+is logged so an operator can fix it through the API).
+
+The boot driver never reads the database: this module hands it plain
+``HostEntry`` reservations and, for TFTP, a per-MAC hook that answers with
+``netboot.boot_config_for_mac``. DHCP reservations follow the database: a sync
+loop rewrites only the host files whose content changed, every
+``SYNC_INTERVAL`` seconds or at once when ``notify_hosts_changed()`` is called
+(e.g. after an install-done switched netboot off).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from sqlmodel import Session, select
+
+from provisioner.conductor import netboot
+from provisioner.db import session_scope
+from provisioner.drivers.boot import bootfiles
+from provisioner.drivers.boot.base import BootInterface
+from provisioner.drivers.boot.dhcp import HostEntry, dhcp_name
+from provisioner.drivers.boot.network import NetworkBoot
+from provisioner.drivers.boot.tftp import DynamicHook, TftpNotFound, match_dynamic
+from provisioner.errors import InvalidInput
+from provisioner.models import Host, Nic
+from provisioner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL = 2.0  # seconds; a host-file rewrite is cheap and only happens on change
+_wake = threading.Event()
+
+
+def notify_hosts_changed() -> None:
+    """Ask the DHCP sync loop to run now (netboot flag, MAC or reservation changed)."""
+    _wake.set()
+
+
+def host_entries(session: Session) -> list[HostEntry]:
+    """Every NIC prov knows, as DHCP reservations (netboot follows the host's flag)."""
+    entries: list[HostEntry] = []
+    rows = session.exec(select(Nic, Host).where(Nic.host_id == Host.id)).all()
+    for nic, host in rows:
+        try:
+            entries.append(HostEntry(mac=nic.mac, hostname=dhcp_name(host.name), ip=nic.ip,
+                                     netboot=bool(host.netboot and (nic.boot or _only_nic(rows, host.id)))))
+        except InvalidInput as exc:
+            log.warning("dhcp: skipping NIC %s of host %s: %s", nic.mac, host.name, exc.message)
+    return entries
+
+
+def _only_nic(rows: Sequence[tuple[Nic, Host]], host_id: int | None) -> bool:
+    return sum(1 for nic, _h in rows if nic.host_id == host_id) == 1
+
+
+def _entries(settings: Settings) -> list[HostEntry]:
+    with session_scope(settings) as session:
+        return host_entries(session)
+
+
+def sync_dhcp_hosts(boot: BootInterface, settings: Settings) -> int:
+    return boot.sync_reservations(_entries(settings))
+
+
+def tftp_hook(settings: Settings, boot: BootInterface) -> DynamicHook:
+    """The TFTP server's per-MAC hook: pxelinux/GRUB configs by the netboot policy."""
+
+    def hook(rel: str, _peer: tuple[str, int]) -> bytes | None:
+        found = match_dynamic(rel)
+        if found is None:
+            return None
+        kind, mac = found
+        with session_scope(settings) as session:
+            text = netboot.boot_config_for_mac(session, mac, kind, settings, boot=boot)
+        if text is None:
+            raise TftpNotFound(rel)  # unknown MAC or netboot off: nothing, never an installer
+        return text.encode()
+
+    return hook
+
+
+def _sync_loop(boot: BootInterface, settings: Settings, stop: threading.Event) -> None:
+    while not stop.is_set():
+        _wake.wait(SYNC_INTERVAL)
+        _wake.clear()
+        if stop.is_set():
+            return
+        try:
+            sync_dhcp_hosts(boot, settings)
+        except Exception:
+            log.exception("dhcp host sync failed")
+
+
+def start(settings: Settings, boot: BootInterface | None = None) -> Callable[[], None]:
+    b = boot or NetworkBoot(settings)
+    stops: list[Callable[[], None]] = []
+    settings.ensure_dirs()
+    try:
+        bootfiles.populate(settings.boot_dir)
+    except OSError:
+        log.exception("could not populate the boot root %s", settings.boot_dir)
+
+    if settings.tftp_enabled:
+        try:
+            b.start_tftp(tftp_hook(settings, b))
+            stops.append(b.stop_tftp)
+        except Exception:
+            log.exception("TFTP did not start on %s:%d", settings.tftp_host, settings.tftp_port)
+
+    if settings.dhcp_enabled:
+        try:
+            b.start_dhcp(_entries(settings))
+            stop_sync = threading.Event()
+            thread = threading.Thread(target=_sync_loop, args=(b, settings, stop_sync),
+                                      name="dhcp-sync", daemon=True)
+            thread.start()
+
+            def stop_dhcp() -> None:
+                stop_sync.set()
+                _wake.set()
+                thread.join(5)
+                b.stop_dhcp()
+
+            stops.append(stop_dhcp)
+        except Exception:
+            log.exception("DHCP (dnsmasq) did not start on %s", settings.dhcp_interface)
+
+    def stop_all() -> None:
+        for stop in reversed(stops):
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping a boot service failed")
+
+    return stop_all
