@@ -31,6 +31,7 @@ SECURITY_MIRROR=${PROV_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 #   zstd                     initramfs compression that unpacks fast
 PACKAGES="linux-image-cloud-amd64 systemd-sysv udev openssh-server sudo python3 cloud-init
 cloud-guest-utils ifupdown isc-dhcp-client iproute2 e2fsprogs netbase kmod zstd"
+# shellcheck disable=SC2086 # unquoted on purpose: one package per word
 PACKAGES=$(echo $PACKAGES | tr ' ' '\n' | LC_ALL=C sort | tr '\n' ',' | sed 's/,$//')
 
 rootfs_key() {
@@ -79,7 +80,7 @@ else
         >"$ROOT/etc/apt/sources.list"
     chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get -q update >&2
     chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get -q -y upgrade >&2
-    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    # shellcheck disable=SC2046 # word splitting of the package list is intended
     chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get -q -y --no-install-recommends install \
         $(echo "$PACKAGES" | tr ',' ' ') >&2
     chroot "$ROOT" apt-get clean
@@ -109,7 +110,7 @@ install -m 0644 "$HERE/image/99-prov.cfg" "$ROOT/etc/cloud/cloud.cfg.d/99-prov.c
 echo "localhost" >"$ROOT/etc/hostname"
 mkdir -p "$ROOT/boot/grub"
 install -m 0644 "$HERE/image/grub.cfg" "$ROOT/boot/grub/grub.cfg"
-printf '%s\n' $(echo "$PACKAGES" | tr ',' ' ') >"$OUT/packages.txt"
+echo "$PACKAGES" | tr ',' '\n' >"$OUT/packages.txt"
 
 # --- 2. a tight disk: 1 MiB for MBR + GRUB core, the tree + 1/8 + 48 MiB -------
 # (ext4 metadata and journal fit in the 48 MiB; every MiB costs deploy time
