@@ -9,9 +9,10 @@ import pytest
 from provisioner.drivers.power import get_driver
 from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, PowerAction, PowerState
 from provisioner.drivers.virt import preflight as pf
+from provisioner.drivers.virt.base import CREATE_STEPS, STEP_DEFINE
 from provisioner.drivers.virt.libvirt import VirtConnection
 from provisioner.drivers.virt.spec import GuestSpec
-from provisioner.errors import Conflict, VirtRefused
+from provisioner.errors import Conflict, ProvError, VirtRefused
 from provisioner.lab.libvirtd import LibvirtdHandle
 from tests.integration.virt.conftest import NET, POOL
 
@@ -64,6 +65,31 @@ def test_bad_input_defines_nothing(conn: VirtConnection, infra: LibvirtdHandle, 
         with pytest.raises(exc, match=text):
             conn.create_guest(spec, report)
         assert snapshot(conn, infra) == before, text
+
+
+def test_steps_are_reported_and_a_step_that_raises_rolls_back(conn: VirtConnection, infra: LibvirtdHandle,
+                                                                uid: str) -> None:
+    """The conductor's task follows create_guest through on_step; a cancel raised there undoes the guest."""
+    before = snapshot(conn, infra)
+    seen: list[str] = []
+
+    class Cancelled(ProvError):
+        pass
+
+    def cancel_at_define(step: str) -> None:
+        seen.append(step)
+        if step == STEP_DEFINE:
+            raise Cancelled("cancelled")
+
+    spec = gspec(f"st-{uid}", seed={"user_data": "#cloud-config\n"},
+                 nics=[{"network": NET, "mac": "52:54:00:e2:00:07"}])
+    with pytest.raises(Cancelled):
+        conn.create_guest(spec, conn.preflight(), on_step=cancel_at_define)
+    assert seen == list(CREATE_STEPS[:4])  # networks, volumes, seed ISO, define
+    assert snapshot(conn, infra) == before  # volumes, seed ISO and the DHCP reservation are gone
+    seen.clear()
+    conn.create_guest(spec, conn.preflight(), start=True, on_step=seen.append)
+    assert seen == list(CREATE_STEPS) and conn.state(spec.name) == "running"
 
 
 def test_free_memory_is_not_under_reported(conn: VirtConnection) -> None:

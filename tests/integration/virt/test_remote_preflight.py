@@ -1,4 +1,8 @@
-"""The remote pre-flight over a real SSH connection: an sshd the test starts on a loopback port."""
+"""The remote pre-flight over a real SSH connection: an sshd the test starts on a loopback port.
+
+The last test goes through the conductor (conductor/virt.py) as ``GET /hosts/{host}/virt?refresh=true``
+does: an enrolled KVM host whose libvirt URI names the SSH target and key, the report stored on it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session, select
 
+from provisioner import migrate
+from provisioner.conductor import virt
+from provisioner.db import get_engine
 from provisioner.drivers.virt import preflight as pf
+from provisioner.models import Host
+from provisioner.settings import Settings
 from tests.support.helpers import free_port, require_binary, require_root
 
 pytestmark = pytest.mark.integration
@@ -60,3 +70,22 @@ def test_remote_preflight_failure_is_clear(sshd: tuple[str, list[str]]) -> None:
     _target, opts = sshd
     with pytest.raises(RuntimeError, match=r"nobody-here@127\.0\.0\.1: exit 255"):
         pf.remote_facts("nobody-here@127.0.0.1", ssh_options=opts, timeout=20)
+
+
+def test_enrolled_host_report_through_the_conductor(sshd: tuple[str, list[str]], tmp_path: Path) -> None:
+    _target, opts = sshd
+    port, key = opts[opts.index("-p") + 1], opts[opts.index("-i") + 1]
+    settings = Settings(data_dir=tmp_path / "data", log_json=False, tftp_enabled=False, dhcp_enabled=False)
+    settings.ensure_dirs()
+    migrate.upgrade(settings)
+    # libvirt's own SSH URI parameters: the pre-flight reaches the host the way libvirt would
+    uri = f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={key}&no_verify=1"
+    with Session(get_engine(settings)) as s:
+        s.add(Host(name="kvm-ssh", ip_address="192.0.2.1", bmc_kind="manual", bmc_options={"virt_uri": uri}))
+        s.commit()
+    out = virt.host_report(settings, "kvm-ssh", refresh=True)
+    assert out["host"] == "kvm-ssh" and out["uri"] == uri and out["facts"]["live"] is True
+    assert out["overall"] == pf.evaluate(pf.collect_facts("/")).overall  # the same machine, seen over SSH
+    with Session(get_engine(settings)) as s:
+        stored = s.exec(select(Host).where(Host.name == "kvm-ssh")).one().virt_report
+    assert stored and stored["checked_at"] == out["checked_at"] and stored["overall"] == out["overall"]

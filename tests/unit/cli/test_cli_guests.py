@@ -1,7 +1,8 @@
 """``prov virt check`` and ``prov vm ...`` against a live in-process API whose libvirt is the test driver.
 
 The API's pre-flight is pinned to a recorded software-KVM tree (monkeypatched in this process, where the
-server thread runs) so the refusal tests mean the same on every machine.
+server thread runs) so the refusal tests mean the same on every machine. ``vm create`` and ``vm rm`` are
+controller tasks the CLI follows; the host ``fk1`` is the in-memory fake, for a task that fails half-way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import provisioner.cli.virt  # noqa: F401  (registers commands)
 from provisioner import auth, migrate
 from provisioner.api.app import create_app
 from provisioner.cli.groups import app
+from provisioner.client import ProvClient
 from provisioner.db import get_engine
+from provisioner.drivers.virt import fake
 from provisioner.drivers.virt import preflight as pf
 from provisioner.drivers.virt.libvirt import VirtConnection, open_connection
 from provisioner.models import Host
@@ -33,6 +36,7 @@ from provisioner.settings import Settings
 from tests.support.helpers import free_port
 
 TREES = Path(__file__).resolve().parents[2] / "support" / "virt_trees"
+FK1 = f"fake:///cli-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         session.add(
             Host(name="kvm1", ip_address="127.0.0.1", bmc_kind="manual", bmc_options={"virt_uri": "test:///default"})
         )
+        session.add(Host(name="fk1", ip_address="127.0.0.2", bmc_kind="manual", bmc_options={"virt_uri": FK1}))
         session.commit()
     srv = uvicorn.Server(
         uvicorn.Config(
@@ -214,3 +219,42 @@ def test_vm_refusals(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = prov(server, tmp_path, "vm", "list", "--host", "no-such-host")
     assert r.exit_code == 3
     assert name not in prov(server, tmp_path, "vm", "list", "-o", "json").stdout
+
+
+def test_vm_create_and_rm_on_an_enrolled_kvm_host_follow_tasks(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    r = prov(server, tmp_path, "vm", "create", name, "--host", "kvm1", "--memory", "128", "--virt-type", "qemu",
+             "--mac", "52:54:00:66:00:02")
+    assert r.exit_code == 0, r.output
+    assert name in r.stdout and "running" in r.stdout  # the guest's row, once the task ended
+    with server_client(server) as c:
+        events = c.get("/api/v1/hosts/kvm1/events")["data"]
+        assert {"guest-create", "guest-created"} <= {e["event"] for e in events if name in e["message"]}
+    r = prov(server, tmp_path, "vm", "rm", name, "--host", "kvm1", "--no-wait", "-o", "json")
+    assert r.exit_code == 0, r.output
+    task = json.loads(r.stdout)
+    assert task["kind"] == "guest-delete" and task["link"] == f"/api/v1/tasks/{task['id']}"
+    with server_client(server) as c:
+        deadline = time.monotonic() + 20
+        while c.get(task["link"])["status"] != "succeeded":
+            assert time.monotonic() < deadline, "delete task did not finish"
+            time.sleep(0.05)
+    assert name not in prov(server, tmp_path, "vm", "list", "--host", "kvm1", "-o", "json").stdout
+
+
+def test_vm_create_task_failure_exits_with_its_error(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fake.fake_host(FK1).fail_at = "define domain"
+    try:
+        r = prov(server, tmp_path, "vm", "create", "cli-fails", "--host", "fk1", "--virt-type", "qemu",
+                 "--memory", "128", "--disk-size", "1", "-o", "json")
+    finally:
+        fake.fake_host(FK1).fail_at = None
+    assert r.exit_code == 6 and "define domain of cli-fails: injected failure" in error_line(r)  # VirtError's code
+    assert fake.fake_host(FK1).guests == {} and fake.fake_host(FK1).volumes == {}
+    r = prov(server, tmp_path, "vm", "create", "cli-ok", "--host", "fk1", "--virt-type", "qemu", "--memory", "128")
+    assert r.exit_code == 0 and "cli-ok" in r.stdout, r.output
+    assert fake.fake_host(FK1).guests["cli-ok"]["state"] == "running"
+
+
+def server_client(server: tuple[str, str, Settings]) -> ProvClient:
+    return ProvClient(server[0], server[1])
