@@ -3,7 +3,7 @@
 Why ipmi_sim and not virtualbmc: virtualbmc is built on pyghmi's server side,
 whose 1.6.19 session handling fails against pyghmi's own client (cipher suite
 17 then a RAKP2 parse error) and lets stale sessions kill every BMC of the
-process (field notes). ipmi_sim is a complete IPMI 2.0 LAN BMC that
+process (docs/field-notes.md, "BMC simulators"). ipmi_sim is a complete IPMI 2.0 LAN BMC that
 ``ipmitool -I lanplus -C 3`` and prov's IPMI driver both drive; it delegates
 chassis control to a program: ``templates/lab/chassis.sh.j2`` (power through
 ``virsh``: ipmi_sim waits for the program on every chassis command, and a

@@ -19,7 +19,7 @@ after a half-finished ``up``):
   per MAC, iPXE handed the controller's boot script URL; QEMU's iPXE ROM needs
   no TFTP), a TCP forwarder from the bridge address to the controller (which
   usually listens on loopback; with no ``public_url`` the controller names the
-  address a request came to, see ``pxe.settings_for_request``), apt-cacher-ng
+  address a request came to, see ``conductor.netboot.settings_for_request``), apt-cacher-ng
   on the bridge address so guests install packages through a cache that makes
   later runs work offline, and the BMCs;
 * in the controller, through the API: rack ``lab``, an image profile

@@ -11,7 +11,7 @@ runs, inside it, a small supervisor (this module's ``__main__``) that
 * becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``) and runs ``virtlogd``
   and ``libvirtd`` in the foreground, reaping QEMU/dnsmasq promptly: PID 1 on
   these machines reaps only about once a second, which makes
-  ``virDomainDestroy`` take 1-2 s instead of ~0.2 s (field notes).
+  ``virDomainDestroy`` take 1-2 s instead of ~0.2 s (docs/field-notes.md, "libvirtd without systemd").
 
 Clients connect from outside through the socket:
 ``qemu+unix:///system?socket=<base>/run/libvirt-sock``. ``stop()`` ends the

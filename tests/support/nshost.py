@@ -11,7 +11,7 @@ so Ansible's facts call the target a container. apt inside targets goes
 through an ``apt-cacher-ng`` bound to loopback and the bridge address.
 
 Never run playbooks against a plain chroot of the root: nft, sysctls and
-dockerd would act on the machine itself (field notes, "Throwaway SSH hosts").
+dockerd would act on the machine itself (docs/field-notes.md, "Throwaway SSH hosts and Ansible").
 Needs root. Everything is named ``prov-cfg-*`` and removed by ``down()``.
 """
 

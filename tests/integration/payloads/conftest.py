@@ -1,7 +1,7 @@
 """Fixtures for the boot payload tests: the cached ramdisk and TCG guests.
 
 Guests run under TCG on purpose: this machine's KVM is the software kvm_pvm
-back end, on which stock kernels do not boot (see the field notes).
+back end, on which stock kernels do not boot (docs/field-notes.md, "Virtualisation").
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tests.support.power import IpmiSim, add_host, add_rack, free_udp_port, get_
 
 pytestmark = pytest.mark.integration
 
-SUITE3 = {"cipher_suite": 3}  # ipmi_sim offers no suite 17 (field notes)
+SUITE3 = {"cipher_suite": 3}  # ipmi_sim offers no suite 17 (docs/field-notes.md, "BMC simulators")
 
 
 def events(settings: Settings, host_id: int) -> list[Event]:

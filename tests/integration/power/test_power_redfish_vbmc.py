@@ -81,7 +81,7 @@ def test_redfish_system_discovery_and_errors(sushy: SushyEmulator) -> None:
 
 
 def test_ipmi_through_virtualbmc(settings: Settings, service: PowerService, vbmc: VirtualBmc) -> None:
-    # virtualbmc is a pyghmi Bmc: it answers cipher suite 3 only (field notes).
+    # virtualbmc is a pyghmi Bmc: it answers cipher suite 3 only (docs/field-notes.md, "BMC simulators").
     hid = add_host(settings, "vm1", port=vbmc.port, username=vbmc.username, password=vbmc.password,
                    options={"cipher_suite": 3})
     assert vbmc.domain()["active"] is False

@@ -126,7 +126,7 @@ def fake_bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Pa
 
 def test_ipmi_driver_against_pyghmi_bmc(fake_bmc: tuple[int, Path]) -> None:
     port, log = fake_bmc
-    # pyghmi's Bmc always answers cipher suite 3 (field notes): propose it directly.
+    # pyghmi's Bmc always answers cipher suite 3 (docs/field-notes.md, "BMC simulators"): propose it directly.
     d = IpmiPower(spec(port=port, options={"cipher_suite": 3}, timeout=5))
     d.validate()
     deadline = time.monotonic() + 5
