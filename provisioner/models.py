@@ -1,8 +1,9 @@
-"""SQL tables (SQLModel) and the API's Create/Update/Public variants.
+"""SQL tables (SQLModel).
 
-The ladder follows the FastAPI full-stack template: ``XBase`` holds the fields
-everyone may see, ``XCreate``/``XUpdate`` are request bodies, ``X`` is the
-table (with secrets), ``XPublic`` is what the API returns (never secrets).
+The ladder follows the FastAPI full-stack template: ``XBase`` (schemas.py)
+holds the fields the table and the API share, ``X(XBase, table=True)`` here
+adds the id and what only the database keeps (secrets, bookkeeping), and
+schemas.py's ``XCreate``/``XPublic`` are the API's bodies (never secrets).
 Validation of MACs, hostnames and addresses lives in validators.py so the API,
 the CLI import and GitOps inventory all reject the same things.
 """
@@ -16,6 +17,7 @@ from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from provisioner import states as S
+from provisioner.schemas import EventBase, ProfileBase, RackBase, TaskBase
 
 
 def utcnow() -> datetime:
@@ -24,33 +26,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# --------------------------------------------------------------------------- racks
-class Rack(SQLModel, table=True):
+class RowId(SQLModel):
+    """The primary key. Listed after ``XBase`` in a table's bases: pydantic (and so SQLModel)
+    orders fields from the last base to the first, so ``id`` stays the first column."""
+
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(index=True, unique=True, max_length=63)
-    site: str = Field(default="", max_length=128)
-    size_u: int = Field(default=42)
+
+
+# --------------------------------------------------------------------------- racks
+class Rack(RackBase, RowId, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
 # --------------------------------------------------------------------------- profiles
-class Profile(SQLModel, table=True):
-    """An OS profile: how a host gets its OS and what runs on it afterwards."""
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(index=True, unique=True, max_length=63)
-    os_family: str = Field(default="debian", max_length=32)  # debian | ubuntu | rhel
-    # kickstart | preseed | autoinstall | image
-    install_method: str = Field(default="preseed", max_length=32)
-    kernel_url: str = Field(default="", max_length=2048)
-    initrd_url: str = Field(default="", max_length=2048)
-    image_url: str = Field(default="", max_length=2048)
-    image_checksum: str = Field(default="", max_length=160)  # "sha256:<hex>"
-    template: str = Field(default="", max_length=255)  # override the method's default template
-    kernel_args: str = Field(default="", max_length=2048)
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    playbooks: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    container_engine: str = Field(default="docker", max_length=16)  # docker | podman | none
+class Profile(ProfileBase, RowId, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -118,19 +107,7 @@ class Nic(SQLModel, table=True):
 
 
 # --------------------------------------------------------------------------- tasks
-class Task(SQLModel, table=True):
-    """A unit of work the conductor runs; persisted step by step so it can resume."""
-
-    id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(max_length=32, index=True)  # install | power | configure | verify | ...
-    host_id: int | None = Field(default=None, foreign_key="host.id", index=True, ondelete="SET NULL")
-    rack_id: int | None = Field(default=None, foreign_key="rack.id", ondelete="SET NULL")
-    status: str = Field(default=S.TASK_PENDING, max_length=16, index=True)
-    step: str = Field(default="", max_length=64)  # the workflow step in progress (for resume)
-    progress: int = Field(default=0)  # 0..100
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    error: str | None = Field(default=None, sa_column=Column(Text))
+class Task(TaskBase, RowId, table=True):
     owner: str | None = Field(default=None, max_length=128)  # controller instance running it
     heartbeat_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -139,17 +116,7 @@ class Task(SQLModel, table=True):
 
 
 # --------------------------------------------------------------------------- history
-class Event(SQLModel, table=True):
-    """Append-only host history. Rows are never updated or deleted."""
-
-    id: int | None = Field(default=None, primary_key=True)
-    host_id: int | None = Field(default=None, foreign_key="host.id", index=True, ondelete="CASCADE")
-    from_state: str | None = Field(default=None, max_length=32)
-    to_state: str | None = Field(default=None, max_length=32)
-    event: str = Field(max_length=64)
-    message: str = Field(default="", sa_column=Column(Text, nullable=False))
-    actor: str = Field(default="system", max_length=128)
-    task_id: int | None = Field(default=None, foreign_key="task.id", ondelete="SET NULL")
+class Event(EventBase, RowId, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

@@ -1,9 +1,20 @@
 """The API's request and response bodies (the Create/Update/Public ladder).
 
-Tables live in models.py; these are plain pydantic models so that secrets can
-never leak by accident: ``HostPublic`` has no password field at all, only
-``bmc.password_set``. Request bodies forbid unknown fields, so a typo is a 422
-naming the field instead of being silently ignored.
+One definition per object, as in the FastAPI full-stack template: ``XBase``
+(an SQLModel without a table) holds the fields the table and the API share,
+with their column details; models.py's table ``X(XBase, table=True)`` adds the
+id and what only the database keeps (secrets, bookkeeping); ``XCreate`` and
+``XPublic`` here are the request body and the response. ``XUpdate`` restates
+the fields as optional (test_models_schemas.py checks they keep the base's
+constraints). Secrets live only in tables, so they cannot leak by accident:
+``HostPublic`` has no password field at all, only ``bmc.password_set``.
+
+Hosts have no base: their API shape (rack and profile by name, a nested BMC,
+NICs, allowed events) is not the table's, and host_json.py derives the host
+JSON from ``HostPublic`` instead. Request bodies forbid unknown fields, so a
+typo is a 422 naming the field instead of being silently ignored. Column
+lengths of fields the API does not validate (written by prov itself) are
+``sa_type`` only, so responses are not refused over them.
 """
 
 from __future__ import annotations
@@ -11,7 +22,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
+import sqlmodel
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import JSON, Text
+from sqlmodel import AutoString, SQLModel
 
 from provisioner import states as S
 from provisioner.validators import Address, Hostname, IpAddress, Mac, Port, Slug
@@ -19,6 +33,7 @@ from provisioner.validators import Address, Hostname, IpAddress, Mac, Port, Slug
 T = TypeVar("T")
 
 BmcKind = Literal["ipmi", "redfish", "libvirt", "manual"]
+OsFamily = Literal["debian", "ubuntu", "rhel"]
 InstallMethod = Literal["kickstart", "preseed", "autoinstall", "image"]
 ContainerEngine = Literal["docker", "podman", "none"]
 # The operator-driven events; install/configure/decommission have their own workflow endpoints.
@@ -30,8 +45,21 @@ DEFAULT_BMC_PORT = {"ipmi": 623, "redfish": 443}
 Role = Slug
 
 
+_IN = ConfigDict(extra="forbid", str_strip_whitespace=True)
+# Responses always carry every field, defaults or not: keep them "required" in the OpenAPI document.
+_OUT = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
+_CHECKSUM = r"^$|^sha(256|512):[0-9a-fA-F]+$"
+
+
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = _IN
+
+
+class PublicId(SQLModel):
+    """``id`` of an ``XPublic``. Listed after ``XBase`` in the bases: pydantic orders fields from
+    the last base to the first, so the id comes first, as the table's column does."""
+
+    id: int
 
 
 class Page(BaseModel, Generic[T]):
@@ -42,10 +70,14 @@ class Page(BaseModel, Generic[T]):
 
 
 # --------------------------------------------------------------------------- racks
-class RackCreate(_In):
-    name: Slug
-    site: str = Field(default="", max_length=128)
-    size_u: int = Field(default=42, ge=1, le=100)
+class RackBase(SQLModel):
+    name: Slug = sqlmodel.Field(index=True, unique=True, sa_type=AutoString(63))
+    site: str = sqlmodel.Field(default="", max_length=128)
+    size_u: int = sqlmodel.Field(default=42, ge=1, le=100)
+
+
+class RackCreate(RackBase):
+    model_config = _IN  # type: ignore[assignment]
 
 
 class RackUpdate(_In):
@@ -53,39 +85,41 @@ class RackUpdate(_In):
     size_u: int | None = Field(default=None, ge=1, le=100)
 
 
-class RackPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    name: str
-    site: str
-    size_u: int
+class RackPublic(RackBase, PublicId):
+    model_config = _OUT  # type: ignore[assignment]
     host_count: int = 0
     created_at: datetime
 
 
 # --------------------------------------------------------------------------- profiles
-class ProfileCreate(_In):
-    name: Slug
-    os_family: Literal["debian", "ubuntu", "rhel"] = "debian"
-    install_method: InstallMethod = "preseed"
-    kernel_url: str = Field(default="", max_length=2048)
-    initrd_url: str = Field(default="", max_length=2048)
-    image_url: str = Field(default="", max_length=2048)
-    image_checksum: str = Field(default="", max_length=160, pattern=r"^$|^sha(256|512):[0-9a-fA-F]+$")
-    template: str = Field(default="", max_length=255)
-    kernel_args: str = Field(default="", max_length=2048)
-    params: dict[str, Any] = Field(default_factory=dict)
-    playbooks: list[str] = Field(default_factory=list, max_length=64)
-    container_engine: ContainerEngine = "docker"
+class ProfileBase(SQLModel):
+    """An OS profile: how a host gets its OS and what runs on it afterwards."""
+
+    name: Slug = sqlmodel.Field(index=True, unique=True, sa_type=AutoString(63))
+    os_family: OsFamily = sqlmodel.Field(default="debian", sa_type=AutoString(32))
+    install_method: InstallMethod = sqlmodel.Field(default="preseed", sa_type=AutoString(32))
+    kernel_url: str = sqlmodel.Field(default="", max_length=2048)
+    initrd_url: str = sqlmodel.Field(default="", max_length=2048)
+    image_url: str = sqlmodel.Field(default="", max_length=2048)
+    image_checksum: str = sqlmodel.Field(default="", max_length=160, schema_extra={"pattern": _CHECKSUM})
+    template: str = sqlmodel.Field(default="", max_length=255)  # overrides the method's default template
+    kernel_args: str = sqlmodel.Field(default="", max_length=2048)
+    params: dict[str, Any] = sqlmodel.Field(default_factory=dict, sa_type=JSON, nullable=False)
+    playbooks: list[str] = sqlmodel.Field(default_factory=list, max_length=64, sa_type=JSON, nullable=False)
+    container_engine: ContainerEngine = sqlmodel.Field(default="docker", sa_type=AutoString(16))
+
+
+class ProfileCreate(ProfileBase):
+    model_config = _IN  # type: ignore[assignment]
 
 
 class ProfileUpdate(_In):
-    os_family: Literal["debian", "ubuntu", "rhel"] | None = None
+    os_family: OsFamily | None = None
     install_method: InstallMethod | None = None
     kernel_url: str | None = Field(default=None, max_length=2048)
     initrd_url: str | None = Field(default=None, max_length=2048)
     image_url: str | None = Field(default=None, max_length=2048)
-    image_checksum: str | None = Field(default=None, max_length=160, pattern=r"^$|^sha(256|512):[0-9a-fA-F]+$")
+    image_checksum: str | None = Field(default=None, max_length=160, pattern=_CHECKSUM)
     template: str | None = Field(default=None, max_length=255)
     kernel_args: str | None = Field(default=None, max_length=2048)
     params: dict[str, Any] | None = None
@@ -93,21 +127,8 @@ class ProfileUpdate(_In):
     container_engine: ContainerEngine | None = None
 
 
-class ProfilePublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    name: str
-    os_family: str
-    install_method: str
-    kernel_url: str
-    initrd_url: str
-    image_url: str
-    image_checksum: str
-    template: str
-    kernel_args: str
-    params: dict[str, Any]
-    playbooks: list[str]
-    container_engine: str
+class ProfilePublic(ProfileBase, PublicId):
+    model_config = _OUT  # type: ignore[assignment]
     created_at: datetime
 
 
@@ -251,33 +272,42 @@ class TransitionRequest(_In):
 
 
 # --------------------------------------------------------------------------- tasks and events
-class TaskPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    kind: str
-    host_id: int | None
-    rack_id: int | None
-    status: str
-    step: str
-    progress: int
-    params: dict[str, Any]
-    result: dict[str, Any]
-    error: str | None
+class TaskBase(SQLModel):
+    """A unit of work the conductor runs; persisted step by step so it can resume."""
+
+    kind: str = sqlmodel.Field(sa_type=AutoString(32), index=True)  # install | power | configure | verify | ...
+    host_id: int | None = sqlmodel.Field(default=None, foreign_key="host.id", index=True, ondelete="SET NULL")
+    rack_id: int | None = sqlmodel.Field(default=None, foreign_key="rack.id", ondelete="SET NULL")
+    status: str = sqlmodel.Field(default=S.TASK_PENDING, sa_type=AutoString(16), index=True)
+    step: str = sqlmodel.Field(default="", sa_type=AutoString(64))  # the workflow step in progress (for resume)
+    progress: int = sqlmodel.Field(default=0)  # 0..100
+    params: dict[str, Any] = sqlmodel.Field(default_factory=dict, sa_type=JSON, nullable=False)
+    result: dict[str, Any] = sqlmodel.Field(default_factory=dict, sa_type=JSON, nullable=False)
+    error: str | None = sqlmodel.Field(default=None, sa_type=Text)
+
+
+class TaskPublic(TaskBase, PublicId):
+    model_config = _OUT  # type: ignore[assignment]
+    # Not in TaskBase: the table keeps its owner and heartbeat columns before these.
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
 
 
-class EventPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    host_id: int | None
-    from_state: str | None
-    to_state: str | None
-    event: str
-    message: str
-    actor: str
-    task_id: int | None
+class EventBase(SQLModel):
+    """One line of a host's history (append-only: rows are never updated or deleted)."""
+
+    host_id: int | None = sqlmodel.Field(default=None, foreign_key="host.id", index=True, ondelete="CASCADE")
+    from_state: str | None = sqlmodel.Field(default=None, sa_type=AutoString(32))
+    to_state: str | None = sqlmodel.Field(default=None, sa_type=AutoString(32))
+    event: str = sqlmodel.Field(sa_type=AutoString(64))
+    message: str = sqlmodel.Field(default="", sa_type=Text, nullable=False)
+    actor: str = sqlmodel.Field(default="system", sa_type=AutoString(128))
+    task_id: int | None = sqlmodel.Field(default=None, foreign_key="task.id", ondelete="SET NULL")
+
+
+class EventPublic(EventBase, PublicId):
+    model_config = _OUT  # type: ignore[assignment]
     created_at: datetime
 
 
