@@ -21,6 +21,7 @@ from provisioner.client import ProvClient
 from provisioner.errors import ProvError
 from provisioner.gitops import drift as drift_mod
 from provisioner.gitops import inventory as inv_mod
+from provisioner.gitops import yamlsafe
 from provisioner.gitops.apply import Outcome, apply_plan, build_plan, check_saved_plan
 from provisioner.gitops.git import Checkout, checkout
 from provisioner.gitops.plan import Plan, render_text
@@ -78,6 +79,17 @@ def plan_cmd(
     raise typer.Exit(2 if plan.changed else 0)
 
 
+def _saved_plan(path: Path) -> Plan:
+    """A plan written by ``prov plan --out``, read within the inventory's size bound."""
+    try:
+        return Plan.from_dict(json.loads(yamlsafe.read_text(path)))
+    except yamlsafe.YamlError as exc:
+        raise fail(f"{path}:{exc.line}: {exc.reason}", 1) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # RecursionError: json.loads on thousands of nested brackets; AttributeError: not an object
+        raise fail(f"{path}: not a saved prov plan ({exc.__class__.__name__})", 1) from None
+
+
 @app.command("apply")
 def apply_cmd(
     file: Path | None = FileOpt,
@@ -95,14 +107,11 @@ def apply_cmd(
     try:
         inv_path, source, co = _source(file, git, ref, path)
         inv = inv_mod.load(inv_path)
+        saved = _saved_plan(plan_file) if plan_file is not None else None  # read before the controller is asked
         context = f"apply {co.commit}" if co else "apply"
         with ProvClient(context=context) as client:
             plan, world, passwords = build_plan(client, inv, source=source)
-            if plan_file is not None:
-                try:
-                    saved = Plan.from_dict(json.loads(plan_file.read_text()))
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    raise fail(f"{plan_file}: not a saved prov plan ({exc.__class__.__name__})", 1) from None
+            if saved is not None:
                 check_saved_plan(saved, plan)
             if not plan.changed:
                 if output == OutputFormat.table:

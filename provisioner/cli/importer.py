@@ -40,7 +40,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-import yaml
 from pydantic import ValidationError
 
 from provisioner import schemas, validators
@@ -49,6 +48,7 @@ from provisioner.cli.host import register_secret
 from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, fail, handle_errors, items
 from provisioner.client import ProvClient
 from provisioner.errors import InvalidInput, NotFound, ProvError
+from provisioner.gitops import yamlsafe
 
 CSV_COLUMNS = (
     "name",
@@ -108,32 +108,21 @@ class Parsed:
 
 
 # --------------------------------------------------------------------------- YAML with line numbers
-def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:
-    """Build plain Python values from a composed YAML node, recording each path's line (1-based)."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
-            out[key] = _to_python(value_node, f"{path}.{key}" if path else key, lines)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, f"{path}[{i}]", lines) for i, v in enumerate(node.value)]
-    # Scalars: let the safe constructor resolve ints, bools, nulls like a normal load would.
-    return yaml.safe_load(yaml.serialize(node))
+def _dotted(path: tuple[Any, ...]) -> str:
+    """("hosts", 0, "nics") -> "hosts[0].nics", the paths Row.line_of looks up."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def load_yaml(text: str) -> tuple[Any, dict[str, int]]:
-    lines: dict[str, int] = {}
+    """Plain data plus each path's line, through the bounded loader (aliases, depth, tags, duplicates)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        raise _FileError(line, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    if node is None:
-        return None, lines
-    return _to_python(node, "", lines), lines
+        loaded = yamlsafe.parse(text, str_keys=True)
+    except yamlsafe.YamlError as exc:
+        raise _FileError(exc.line, exc.reason.replace("YAML:", "not valid YAML:", 1)) from None
+    return loaded.data, {_dotted(p): ln for p, ln in loaded.lines.items()}
 
 
 class _FileError(Exception):
@@ -414,11 +403,13 @@ def import_(
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Enrol many hosts from a YAML or CSV file: everything is checked first, then all or nothing."""
+    label = str(file)
     try:
-        text = file.read_text(encoding="utf-8-sig")  # utf-8-sig: spreadsheet exports start with a BOM
+        text = yamlsafe.read_text(file)  # size-bounded, UTF-8 (a BOM, as spreadsheet exports write, is dropped)
     except OSError as exc:
         raise fail(f"{file}: {exc.strerror or exc}", 2) from None
-    label = str(file)
+    except yamlsafe.YamlError as exc:
+        raise fail(f"{label}:{exc.line}: {exc.reason}", 2) from None
     try:
         parsed = parse_csv(text) if file.suffix.lower() == ".csv" else parse_yaml(text)
     except _FileError as exc:

@@ -1,5 +1,8 @@
 """The declarative inventory (``apiVersion: prov/v1``): parsing with file:line errors.
 
+Files are read through :mod:`provisioner.gitops.yamlsafe` (size, alias, depth,
+tag and duplicate-key bounds), so a hostile file is refused at file:line.
+
 An inventory is one YAML file or a directory of them; documents are merged
 (lists concatenated) and checked as a whole: duplicate names or MACs across
 files, unknown profile/rack references and inline BMC passwords are rejected
@@ -13,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provisioner.errors import InvalidInput
+from provisioner.gitops import yamlsafe
 from provisioner.validators import normalize_mac, validate_hostname
 
 API_VERSION = "prov/v1"
@@ -190,51 +193,6 @@ class InventoryError(InvalidInput):
     template = "{location}: {reason}"
 
 
-# --------------------------------------------------------------------- YAML with line numbers
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # LibYAML's composer when available: ~10x faster
-
-
-class _Scalars(yaml.constructor.SafeConstructor):
-    """Builds Python values from scalar nodes (ints, bools, nulls...) exactly as safe_load would."""
-
-
-def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    """YAML -> data plus the line of every mapping key and sequence item, by path."""
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        # The context mark (start of the construct being parsed) beats the problem mark,
-        # which for unclosed brackets points past the end of the file.
-        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        context = getattr(exc, "context", None)
-        why = f"{getattr(exc, 'problem', exc)}" + (f" ({context})" if context else "")
-        raise InventoryError(location=f"{filename}:{line}", reason=f"YAML: {why}") from None
-    lines: dict[tuple[Any, ...], int] = {}
-    scalars = _Scalars()
-
-    def walk(n: yaml.Node, path: tuple[Any, ...]) -> Any:
-        if isinstance(n, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                key = k.value  # inventory keys are plain scalars
-                lines[(*path, key)] = k.start_mark.line + 1
-                out[key] = walk(v, (*path, key))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            items = []
-            for i, v in enumerate(n.value):
-                lines[(*path, i)] = v.start_mark.line + 1
-                items.append(walk(v, (*path, i)))
-            return items
-        return scalars.construct_object(n, deep=True)
-
-    if node is None:
-        return {}, lines
-    lines[()] = node.start_mark.line + 1
-    return walk(node, ()), lines
-
-
 def _fmt_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for p in loc:
@@ -258,38 +216,32 @@ def _reason(err: Any) -> str:
     return msg
 
 
-def _fast_load(text: str, filename: str) -> Any:
+def _parse(text: str, filename: str) -> tuple[InventoryDoc, _Lines]:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - CSafeLoader/SafeLoader only
-    except yaml.YAMLError:
-        _load_with_lines(text, filename)  # raises InventoryError with file:line
-        raise
-
-
-def parse_document(text: str, filename: str) -> InventoryDoc:
-    """One file -> document, or InventoryError at file:line.
-
-    The fast path is a plain LibYAML load; line numbers are computed (by a second,
-    slower parse that keeps the node marks) only when there is an error to report.
-    """
-    data = _fast_load(text, filename)
-    if data is None:
-        data = {}
+        loaded = yamlsafe.parse(text)
+    except yamlsafe.YamlError as exc:
+        raise InventoryError(location=f"{filename}:{exc.line}", reason=exc.reason) from None
+    lines = _Lines(loaded.lines)
+    data = {} if loaded.data is None else loaded.data
     if not isinstance(data, dict):
-        raise InventoryError(location=f"{filename}:1", reason="an inventory file must be a mapping")
+        raise InventoryError(location=f"{filename}:{lines.line(())}", reason="an inventory file must be a mapping")
     try:
-        return InventoryDoc.model_validate(data)
+        return InventoryDoc.model_validate(data), lines
     except ValidationError as exc:
-        _, lines = _load_with_lines(text, filename)
         errs = exc.errors()
         first = errs[0]
         loc = tuple(first["loc"])
         raise InventoryError(
-            location=f"{filename}:{_line_for(lines, loc)}",
+            location=f"{filename}:{lines.line(loc)}",
             reason=f"{_fmt_path(loc)}: {_reason(first)}",
-            errors=[f"{filename}:{_line_for(lines, tuple(e['loc']))}: {_fmt_path(tuple(e['loc']))}: {_reason(e)}"
+            errors=[f"{filename}:{lines.line(tuple(e['loc']))}: {_fmt_path(tuple(e['loc']))}: {_reason(e)}"
                     for e in errs],
         ) from None
+
+
+def parse_document(text: str, filename: str) -> InventoryDoc:
+    """One file -> document, or InventoryError at file:line (yamlsafe's bounds included)."""
+    return _parse(text, filename)[0]
 
 
 def _files(path: Path) -> list[Path]:
@@ -304,15 +256,12 @@ def _files(path: Path) -> list[Path]:
 
 
 class _Lines:
-    """Line numbers of one file, computed on first use (only errors and origins need them)."""
+    """Line numbers of one file by path (from the single bounded parse)."""
 
-    def __init__(self, text: str, filename: str) -> None:
-        self._text, self._filename = text, filename
-        self._map: dict[tuple[Any, ...], int] | None = None
+    def __init__(self, lines: dict[tuple[Any, ...], int]) -> None:
+        self._map = lines
 
     def line(self, loc: tuple[Any, ...]) -> int:
-        if self._map is None:
-            self._map = _load_with_lines(self._text, self._filename)[1]
         return _line_for(self._map, loc)
 
 
@@ -333,8 +282,13 @@ def load(path: str | Path) -> Inventory:
     docs: list[tuple[str, InventoryDoc, _Lines]] = []
     for f in _files(root):
         rel = _display(f)
-        text = f.read_text()
-        docs.append((rel, parse_document(text, rel), _Lines(text, rel)))
+        try:
+            text = yamlsafe.read_text(f)
+        except yamlsafe.YamlError as exc:  # too big or not UTF-8: refused before parsing
+            raise InventoryError(location=f"{rel}:{exc.line}", reason=exc.reason) from None
+        except OSError as exc:
+            raise InventoryError(location=rel, reason=f"cannot read: {exc.strerror or exc}") from None
+        docs.append((rel, *_parse(text, rel)))
 
     defaults = Defaults()
     for _rel, doc, _lines in docs:
