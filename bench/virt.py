@@ -44,8 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provisioner.drivers.virt.libvirt import NetworkSpec, open_connection
-from provisioner.drivers.virt.spec import GuestSpec
+from provisioner.drivers.virt.libvirt import open_connection
+from provisioner.drivers.virt.spec import GuestSpec, NetworkSpec
 from provisioner.lab.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
 from provisioner.lab.ramdisk import Ramdisk, ensure_ramdisk
 

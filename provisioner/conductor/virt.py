@@ -22,7 +22,8 @@ from provisioner import crud
 from provisioner.db import get_engine
 from provisioner.drivers.virt import fake, preflight
 from provisioner.drivers.virt.base import VirtInterface
-from provisioner.drivers.virt.libvirt import open_connection, ssh_target
+from provisioner.drivers.virt.libvirt import open_connection
+from provisioner.drivers.virt.libvirt_host import ssh_target
 from provisioner.errors import InvalidInput, ProvError, VirtError
 from provisioner.models import Host, utcnow
 from provisioner.settings import Settings

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.drivers.virt.libvirt import NetworkSpec, VirtConnection, open_connection
+from provisioner.drivers.virt.libvirt import VirtConnection, open_connection
+from provisioner.drivers.virt.spec import NetworkSpec
 from provisioner.lab.libvirtd import LibvirtdHandle, start_libvirtd, stop_libvirtd
 from tests.support.helpers import require_binary, require_root
 

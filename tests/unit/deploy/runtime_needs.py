@@ -37,7 +37,7 @@ COMMANDS: dict[str, str] = {
     "ssh": "Ansible's transport; remote pre-flight and console tails (drivers/virt)",
     "ssh-keygen": "the controller's Ansible key (drivers/config/ansible.py)",
     "ssh-keyscan": "a host's SSH key after its install (conductor/install.py)",
-    "genisoimage": "NoCloud seed ISOs for guests (drivers/virt/libvirt.py)",
+    "genisoimage": "NoCloud seed ISOs for guests (drivers/virt/libvirt_storage.py)",
     "git": "prov apply --git (gitops/git.py)",
     "ip": "the lab's namespaces and bridges (lab/lab.py, lab/libvirtd.py)",
     "mount": "the lab's libvirtd in its own mount namespace (lab/libvirtd.py)",

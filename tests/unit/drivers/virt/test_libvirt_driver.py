@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from provisioner.drivers.virt import preflight as pf
-from provisioner.drivers.virt.libvirt import NetworkSpec, VirtConnection, open_connection, ssh_target
-from provisioner.drivers.virt.spec import GuestSpec
+from provisioner.drivers.virt.libvirt import VirtConnection, open_connection
+from provisioner.drivers.virt.libvirt_host import ssh_target
+from provisioner.drivers.virt.spec import GuestSpec, NetworkSpec
 from provisioner.errors import Conflict, InvalidInput, NotFound, VirtError, VirtRefused
 
 POOL = "default-pool"  # defined by the test driver

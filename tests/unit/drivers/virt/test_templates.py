@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from provisioner.drivers.virt import preflight as pf
-from provisioner.drivers.virt.libvirt import NetworkSpec, VirtConnection
-from provisioner.drivers.virt.spec import GuestSpec
+from provisioner.drivers.virt.libvirt import VirtConnection
+from provisioner.drivers.virt.spec import GuestSpec, NetworkSpec
 from provisioner.render import render
 from tests.support.helpers import assert_golden
 from tests.unit.drivers.virt.conftest import tree_report, virt_xml_validate

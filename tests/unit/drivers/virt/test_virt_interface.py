@@ -16,8 +16,8 @@ import pytest
 from provisioner.drivers.virt import fake
 from provisioner.drivers.virt import preflight as pf
 from provisioner.drivers.virt.base import CREATE_STEPS, STEP_DEFINE, STEP_VOLUMES, VirtInterface
-from provisioner.drivers.virt.libvirt import NetworkSpec, VirtConnection, open_connection
-from provisioner.drivers.virt.spec import GuestSpec
+from provisioner.drivers.virt.libvirt import VirtConnection, open_connection
+from provisioner.drivers.virt.spec import GuestSpec, NetworkSpec
 from provisioner.errors import Conflict, NotFound, ProvError, VirtRefused
 
 POOL = "default-pool"  # the libvirt test driver's pool; the fake is given the same one
