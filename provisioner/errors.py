@@ -103,17 +103,17 @@ class DriverError(ProvError):
 
 class BmcAuthError(DriverError):
     code = "bmc_auth"
-    template = "BMC {bmc}: authentication failed"
+    template = "BMC {bmc}: user or password refused"
 
 
 class BmcUnreachable(DriverError):
-    code = "bmc_unreachable"
+    code = "bmc_unreachable"  # refused, ICMP port/host unreachable, no route, no such name
     template = "BMC {bmc}: unreachable ({reason})"
     retryable = True
 
 
 class BmcTimeout(DriverError):
-    code = "bmc_timeout"
+    code = "bmc_timeout"  # nothing came back within the call's deadline
     http_status = 504
     template = "BMC {bmc}: no answer within {seconds}s"
     retryable = True

@@ -32,6 +32,12 @@ How this module contains all of that:
 * A BMC is routed to the worker that served it last when that worker is free,
   so its RMCP+ session is reused; sessions idle longer than ``SESSION_IDLE``
   are dropped before use (BMCs expire idle sessions, IPMI 2.0 §6.12.15).
+* pyghmi never sees ICMP errors (unconnected sockets) and reports "no answer"
+  as an empty exception: beside each call the parent runs a session-less
+  probe on a connected UDP socket (ipmi_probe.py), so a closed port or dead
+  host ends the call at once as ``bmc_unreachable`` and only true silence is
+  ``bmc_timeout``. Completion and RMCP+ status codes are named from the IPMI
+  tables (ipmi_codes.py), which also build the messages.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +56,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from provisioner.drivers.power import ipmi_codes
 from provisioner.drivers.power.base import (
     BmcSpec,
     BootDevice,
@@ -57,14 +65,11 @@ from provisioner.drivers.power.base import (
     PowerInterface,
     PowerState,
 )
+from provisioner.drivers.power.ipmi_codes import timeout_error, unreachable_error, worker_error
+from provisioner.drivers.power.ipmi_probe import WireProbe, wait_for
 from provisioner.errors import (
-    BmcAuthError,
     BmcBusy,
     BmcError,
-    BmcTimeout,
-    BmcUnreachable,
-    BmcUnsupported,
-    DriverError,
     InvalidInput,
 )
 
@@ -95,11 +100,9 @@ _BOOTDEV_TO_PYGHMI = {
 }
 _BOOTDEV_FROM_PYGHMI = {v: k for k, v in _BOOTDEV_TO_PYGHMI.items()}
 
-# IPMI completion codes (IPMI 2.0 table 5-2) and how we classify them.
-_CC_BUSY = {0xC0, 0xC3, 0xCE, 0xFF}  # node busy, timeout, no response, pyghmi's own timeout (0xffff & 0xff)
-_CC_UNSUPPORTED = {0xC1, 0xC9, 0xCC, 0xD5}  # invalid command, out of range, invalid data, not supported now
-_CC_AUTH = {0xD4}  # insufficient privilege
-
+# A call over a cached session that has not answered this fast gets the wire probe
+# (ipmi_probe.py) too; a fresh login (several round trips anyway) gets it at once.
+PROBE_AFTER = 0.25
 
 # =============================================================================
 # Worker side: runs in a child process; the only place pyghmi is imported.
@@ -173,26 +176,43 @@ def _patch_pyghmi() -> None:
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
-    """pyghmi exception -> (our error code, a message without secrets)."""
-    from pyghmi import exceptions as pexc
+    """pyghmi exception -> (kind, a reason without secrets); the parent makes the error of it.
 
-    text = str(exc) or exc.__class__.__name__
+    kind: auth | timeout (nothing answered: the parent asks the wire probe why) |
+    unreachable | busy | unsupported | error.
+    """
+    from pyghmi import exceptions as pexc
+    from pyghmi.ipmi.private import constants as pconst
+
+    text = str(exc)
+    text = "" if text in ("", "None") else text
     low = text.lower()
     code = getattr(exc, "ipmicode", 0) or 0
     if isinstance(exc, pexc.UnsupportedFunctionality | NotImplementedError):
-        return "unsupported", text
-    if "password" in low or "unauthorized name" in low or "privilege" in low or code in _CC_AUTH:
-        return "auth", "authentication failed"
-    if "timeout" in low or "timed out" in low:
-        return "timeout", text
-    if "no longer connected" in low or "unable to establish" in low or "failed to initialize" in low:
-        return "unreachable", text
+        return "unsupported", text or exc.__class__.__name__
+    # pyghmi ends a login or command that got no answer after its retransmits with an empty
+    # message (session marked broken), "timeout" (code 0xffff) or "no longer connected".
+    if (not text or low == "timeout" or "timed out" in low or code == 0xFFFF or "no longer connected" in low
+            or "failed to initialize" in low):
+        return "timeout", "no answer"
+    # RMCP+ session set-up refused (Open Session / RAKP status, IPMI 2.0 table 13-15)
+    for status, words in pconst.rmcp_codes.items():
+        if text.startswith(words):
+            return ipmi_codes.rmcp_kind(status), f"{text}, RMCP+ status {status:#04x}"
+    if any(w in low for w in ("password", "unauthorized name", "invalid user name", "null user",
+                              "privelege level", "user permissions", "rakp")):
+        return "auth", text  # pyghmi's own RAKP checks; "privelege" is its spelling at login
+    if not code:  # pyghmi dropped the number: its text comes from its copy of table 5-2 (longest match)
+        known = [(len(words), c) for c, words in pconst.ipmi_completion_codes.items()
+                 if 0 < c < 0x100 and low.startswith(words.lower())]
+        unknown = re.match(r"unknown code 0x\s*([0-9a-f]+)", low)
+        code = max(known)[1] if known else int(unknown.group(1), 16) if unknown else 0
+    if 0 < code < 0x100:
+        return ipmi_codes.completion_kind(code), ipmi_codes.describe_completion(code)
+    if "unable to transmit" in low:
+        return "unreachable", "cannot send to the address (name resolution or route)"
     if isinstance(exc, OSError):
         return "unreachable", exc.__class__.__name__
-    if code & 0xFF in _CC_BUSY:
-        return "busy", text
-    if code & 0xFF in _CC_UNSUPPORTED:
-        return "unsupported", text
     return "error", text
 
 
@@ -283,8 +303,11 @@ def _worker_main(conn: Connection) -> None:
             reply: tuple[str, Any] = ("ok", _run_op(req))
         except BaseException as exc:
             kind, text = _classify(exc)
-            # Never echo anything that could contain the credentials.
-            text = text.replace(req.get("password", b"").decode(errors="replace") or "\x00", "********")
+            # Never echo anything that could contain the credentials (a password of a few
+            # characters would only mangle the text: pyghmi's messages never quote it anyway).
+            secret = req.get("password", b"").decode(errors="replace")
+            if len(secret) >= 4:
+                text = text.replace(secret, "********")
             _drop(key)  # type: ignore[arg-type]
             reply = (kind, text)
         finally:
@@ -450,52 +473,71 @@ class IpmiPool:
     def call(self, spec: BmcSpec, req: dict[str, Any], timeout: float) -> Any:
         if os.getpid() != self._pid:  # forked controller: start over
             self.__init__(self.size)  # type: ignore[misc]
-        key = (spec.address, spec.port or DEFAULT_PORT, spec.username or "")
+        port = spec.port or DEFAULT_PORT
+        key = (spec.address, port, spec.username or "")
+        op = str(req.get("op", "call"))
         # Waiting for a free local worker is not the BMC's time: it has its own,
         # longer bound (QUEUE_FACTOR x the call bound) and ends as "busy" (retryable).
         w: _Worker | None = self._acquire(key, time.monotonic() + QUEUE_FACTOR * timeout)
         if w is None:
             raise BmcBusy(bmc=spec.label, reason=f"all {self.size} IPMI workers busy")
-        deadline = time.monotonic() + timeout
-        ok = False
-        try:
-            full = {
-                **req,
-                "address": spec.address,
-                "port": spec.port or DEFAULT_PORT,
-                "username": (spec.username or "").encode(),
-                "password": (spec.password or "").encode(),
-            }
-            w.conn.send(full)
-            remaining = deadline - time.monotonic()
-            reused = w.last_key == key and req.get("op") in _READ_ONLY
-            if reused and remaining > 2 * STALE_SESSION_WAIT and not w.conn.poll(STALE_SESSION_WAIT):
-                # The worker holds a session to this BMC that may have died with a BMC
-                # restart (the BMC then drops our packets silently and pyghmi retries
-                # for many seconds). For a read, start over with a fresh login.
-                self.killed += 1
-                old, w = w, None
-                self._release(old, False)
-                w = self._acquire(key, time.monotonic() + QUEUE_FACTOR * timeout)
-                if w is None:
-                    raise BmcBusy(bmc=spec.label, reason=f"all {self.size} IPMI workers busy")
-                w.conn.send({**full, "fresh": True})
-            del full
-            remaining = deadline - time.monotonic()
-            if not w.conn.poll(max(0.0, remaining)):
-                self.killed += 1
-                raise BmcTimeout(bmc=spec.label, seconds=round(timeout, 1))
-            kind, value = w.conn.recv()
-            ok = True
-            w.last_key = key
-        except (EOFError, OSError) as exc:
-            raise BmcError(bmc=spec.label, reason=f"IPMI worker failed ({exc.__class__.__name__})") from None
-        finally:
-            if w is not None:
-                self._release(w, ok)
-        if kind == "ok":
-            return value
-        raise _error(kind, spec, str(value), req.get("op", "call"), timeout)
+        started = time.monotonic()
+        deadline = started + timeout
+        # pyghmi cannot see ICMP errors: the probe runs beside the call and tells a closed
+        # port or a dead host from a silent BMC. A fresh login is several round trips anyway,
+        # so it starts at once; a call over a cached session gets it only when it is slow.
+        probe = WireProbe(spec.address, port, start_at=started + (PROBE_AFTER if w.last_key == key else 0.0),
+                          resolve_timeout=min(1.0, timeout / 4))
+        with contextlib.closing(probe):
+            ok = False
+            try:
+                if probe.unreachable:  # no route or no such name: nothing was sent, the worker is fine
+                    ok = True
+                    raise unreachable_error(spec, probe.unreachable)
+                full = {
+                    **req,
+                    "address": spec.address,
+                    "port": port,
+                    "username": (spec.username or "").encode(),
+                    "password": (spec.password or "").encode(),
+                }
+                w.conn.send(full)
+                remaining = deadline - time.monotonic()
+                reused = w.last_key == key and op in _READ_ONLY
+                if (reused and remaining > 2 * STALE_SESSION_WAIT
+                        and not wait_for(w.conn, time.monotonic() + STALE_SESSION_WAIT, probe)):
+                    # The worker holds a session to this BMC that may have died with a BMC
+                    # restart (the BMC then drops our packets silently and pyghmi retries
+                    # for many seconds). For a read, start over with a fresh login.
+                    self.killed += 1
+                    old, w = w, None
+                    self._release(old, False)
+                    if probe.unreachable:
+                        raise unreachable_error(spec, probe.unreachable)
+                    w = self._acquire(key, time.monotonic() + QUEUE_FACTOR * timeout)
+                    if w is None:
+                        raise BmcBusy(bmc=spec.label, reason=f"all {self.size} IPMI workers busy")
+                    w.conn.send({**full, "fresh": True})
+                del full
+                if not wait_for(w.conn, deadline, probe):
+                    self.killed += 1  # the worker is stuck in pyghmi: it is killed on release
+                    if probe.unreachable:
+                        raise unreachable_error(spec, probe.unreachable)
+                    raise timeout_error(spec, timeout, op, probe)
+                kind, value = w.conn.recv()
+                ok = True
+                w.last_key = key
+            except (EOFError, OSError) as exc:
+                raise BmcError(bmc=spec.label, reason=f"IPMI worker failed ({exc.__class__.__name__})") from None
+            finally:
+                if w is not None:
+                    self._release(w, ok)
+            if kind == "ok":
+                return value
+            if kind in ("timeout", "unreachable"):
+                # pyghmi gave up before our deadline: let the wire say why (a moment at most)
+                probe.settle(min(deadline, time.monotonic() + STALE_SESSION_WAIT))
+            raise worker_error(kind, spec, str(value), op, time.monotonic() - started, probe)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -507,26 +549,6 @@ class IpmiPool:
             if self._zygote is not None:
                 self._zygote.close()
             self._zygote = None
-
-
-def _error(kind: str, spec: BmcSpec, text: str, op: str, timeout: float) -> DriverError:
-    bmc = spec.label
-    if text in ("", "None"):
-        # pyghmi raises IpmiException(response['error']) with None when the BMC
-        # answers a completion code it has no text for (seen from ipmi_sim when
-        # its chassis program is slow): say what failed instead of "None".
-        text = f"{op} failed; the BMC answered with an error and gave no reason"
-    if kind == "auth":
-        return BmcAuthError(bmc=bmc)
-    if kind == "timeout":
-        return BmcTimeout(bmc=bmc, seconds=round(timeout, 1), reason=text)
-    if kind == "unreachable":
-        return BmcUnreachable(bmc=bmc, reason=text)
-    if kind == "busy":
-        return BmcBusy(bmc=bmc, reason=text)
-    if kind == "unsupported":
-        return BmcUnsupported(bmc=bmc, operation=op, reason=text)
-    return BmcError(bmc=bmc, reason=text)
 
 
 _pool: IpmiPool | None = None

@@ -9,19 +9,27 @@ Options (``bmc_options``):
 
 Every call runs in a worker thread with the spec's deadline; sushy's own
 request timeouts are set to the same bound so an abandoned worker ends soon.
+Errors are classified from what happened on the wire: the socket error under
+sushy's ConnectionError (refused, no route, name, TLS), a read that timed out,
+or the HTTP status (401/403 refused credentials, DSP0266 §8.6).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import logging
 import os
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import requests
 import sushy
 from sushy import auth as sushy_auth
+from sushy import connector as sushy_connector
 from sushy import exceptions as sexc
 
 from provisioner.drivers.power.base import (
@@ -65,17 +73,60 @@ _executor = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_pr
 _executor_lock = threading.Lock()
 
 
+# errno under a failed connect -> what happened on the wire
+_SOCKET_ERRORS = {
+    errno.ECONNREFUSED: "connection refused (TCP)",
+    errno.ECONNRESET: "connection reset by the BMC",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "no route to the BMC's network",
+    errno.EHOSTDOWN: "host down",
+}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything under it: sushy wraps requests, which wraps urllib3, which wraps the socket."""
+    found: list[BaseException] = []
+    stack: list[object] = [exc]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or any(e is f for f in found):
+            continue
+        found.append(e)
+        stack += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return found
+
+
+def _wire_reason(exc: BaseException) -> tuple[str, str]:
+    """A sushy ConnectionError -> ("timeout" | "unreachable", what happened)."""
+    causes = _causes(exc)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in causes):
+        return "unreachable", "TLS verification failed (the BMC's certificate is not trusted: bmc_options.ca_path)"
+    if any(isinstance(e, ssl.SSLError | requests.exceptions.SSLError) for e in causes):
+        return "unreachable", "TLS handshake failed (is the BMC serving https on this port?)"
+    for e in causes:
+        if isinstance(e, socket.gaierror):
+            return "unreachable", "cannot resolve the BMC's name"
+        if isinstance(e, OSError) and e.errno in _SOCKET_ERRORS:
+            return "unreachable", _SOCKET_ERRORS[e.errno]
+    for e in causes:
+        if isinstance(e, requests.exceptions.Timeout | TimeoutError | socket.timeout):
+            return "timeout", "no answer"
+    return "unreachable", "connection failed"
+
+
 def _translate(exc: BaseException, spec: BmcSpec, op: str) -> DriverError:
     bmc = spec.label
     if isinstance(exc, sexc.AccessError):
-        return BmcAuthError(bmc=bmc)
+        status = getattr(exc, "status_code", None)
+        if status == 403:
+            reason = "HTTP 403: the account may not do this"
+            return BmcAuthError(f"BMC {bmc}: access refused ({reason})", bmc=bmc, reason=reason)
+        return BmcAuthError(f"BMC {bmc}: user or password refused (HTTP {status})", bmc=bmc, reason=f"HTTP {status}")
     if isinstance(exc, sexc.ConnectionError):
-        text = str(exc).lower()
-        if "timed out" in text or "timeout" in text:
+        kind, reason = _wire_reason(exc)
+        if kind == "timeout":
             return BmcTimeout(bmc=bmc, seconds=spec.timeout)
-        if "certificate" in text or "ssl" in text:
-            return BmcUnreachable(bmc=bmc, reason="TLS verification failed")
-        return BmcUnreachable(bmc=bmc, reason="connection failed")
+        return BmcUnreachable(f"BMC {bmc}: {reason}", bmc=bmc, reason=reason)
     if isinstance(exc, sexc.HTTPError):
         status = getattr(exc, "status_code", None)
         if status in (503, 429):  # DSP0266 §8.2.6: service busy, retry later
@@ -88,6 +139,22 @@ def _translate(exc: BaseException, spec: BmcSpec, op: str) -> DriverError:
     if isinstance(exc, sexc.SushyError):
         return BmcError(bmc=bmc, reason=str(exc)[:300])
     return BmcError(bmc=bmc, reason=f"{exc.__class__.__name__}")
+
+
+class _OneAttempt(sushy_connector.Connector):
+    """A sushy connector that tries each request once: the power service owns retries.
+
+    sushy reads ``server_side_retries`` both as the count of 5xx retries and, with
+    0 meaning 3, as the count of transport attempts with 2 s sleeps in between
+    (a closed port then takes 4 s to fail). 1 transport attempt, 0 retries of 5xx.
+    """
+
+    def _op(self, method: str, path: str = "", data: Any = None, headers: Any = None,
+            blocking: bool = False, timeout: Any = None, server_side_retries_left: int | None = None,
+            **kwargs: Any) -> Any:
+        return super()._op(method, path, data=data, headers=headers, blocking=blocking, timeout=timeout,
+                           server_side_retries_left=0 if server_side_retries_left is None
+                           else server_side_retries_left, **kwargs)
 
 
 class RedfishPower(PowerInterface):
@@ -132,14 +199,13 @@ class RedfishPower(PowerInterface):
         if self._system is not None:
             return self._system
         s = self.spec
+        bound = max(1, int(s.timeout))
         conn = sushy.Sushy(
             self.base_url(),
             root_prefix=str(s.options.get("root_prefix", "/redfish/v1/")),
-            verify=self._verify(),
             auth=sushy_auth.BasicAuth(username=s.username, password=s.password),
-            server_side_retries=0,  # the power service owns retries
-            read_timeout=max(1, int(s.timeout)),
-            connect_timeout=max(1, int(s.timeout)),
+            connector=_OneAttempt(self.base_url(), verify=self._verify(), server_side_retries=1,
+                                  default_request_timeout=bound, connect_timeout=bound),
         )
         system_id = s.options.get("system_id")
         if system_id:

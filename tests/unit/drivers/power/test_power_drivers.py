@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, Pow
 from provisioner.drivers.power.ipmi import IpmiPower
 from provisioner.drivers.power.manual import ManualPower, OperatorActionRequired
 from provisioner.drivers.power.redfish import RedfishPower
-from provisioner.errors import BmcAuthError, BmcTimeout, InvalidInput
+from provisioner.errors import BmcAuthError, BmcTimeout, BmcUnreachable, InvalidInput
 from tests.support.power import free_udp_port
 
 HERE = Path(__file__).parent
@@ -82,26 +83,44 @@ def test_manual_driver_asks_the_operator() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "code", "kind"),
+    ("text", "code", "kind", "reason"),
     [
-        ("Incorrect password provided", 0, "auth"),
-        ("Unauthorized name", 0, "auth"),
-        ("timeout", 0, "timeout"),
-        ("Session no longer connected", 0, "unreachable"),
-        ("Unable to establish IPMI v2 / RMCP+ session", 0, "unreachable"),
-        ("Node busy", 0xC0, "busy"),
-        ("Invalid command", 0xC1, "unsupported"),
-        ("Unspecified error", 0xFF, "busy"),
-        ("weird", 0x80, "error"),
+        ("Incorrect password provided", 0, "auth", "Incorrect password"),
+        ("Unauthorized name in RAKP2", 0, "auth", "RMCP+ status 0x0d"),
+        ("Invalid integrity check value reported in RAKP4", 0, "auth", "RMCP+ status 0x0f"),
+        ("Invalid RAKP4 integrity code (wrong Kg?)", 0, "auth", "wrong Kg"),
+        ("Insufficient privilege level or firmware firewall while requesting privelege level 4 for admin", 0,
+         "auth", "requesting"),
+        ("Insufficient resources to create new session (wait for existing sessions to timeout)", 0, "busy",
+         "0x01"),
+        ("No Cipher suite match with proposed security algorithms", 0, "error", "0x11"),
+        # pyghmi's "no answer": a broken session with no message, its own timeout, a dead session
+        ("None", 0, "timeout", "no answer"),
+        ("", 0, "timeout", "no answer"),
+        ("timeout", 0xFFFF, "timeout", "no answer"),
+        ("Session no longer connected", 0, "timeout", "no answer"),
+        # completion codes (IPMI 2.0 table 5-2), with or without the number pyghmi kept
+        ("Node Busy", 0xC0, "busy", "completion code 0xc0 (node busy)"),
+        ("Node Busy", 0, "busy", "completion code 0xc0 (node busy)"),
+        ("Invalid command", 0xC1, "unsupported", "completion code 0xc1 (invalid command)"),
+        ("Invalid command for given LUN", 0, "error", "0xc2 (invalid command for the given LUN)"),
+        ("Timeout while processing command", 0, "busy", "0xc3"),
+        ("Insufficient privilege level or firmware firewall", 0, "error",
+         "completion code 0xd4 (insufficient privilege level)"),
+        ("Unspecified error", 0xFF, "busy", "0xff (unspecified error)"),
+        ("Unknown code 0xd7 encountered", 0, "error", "0xd7 (unknown code)"),
+        ("weird", 0x80, "error", "0x80 (command-specific code)"),
+        ("Unable to transmit to specified address", 0, "unreachable", "cannot send"),
     ],
 )
-def test_ipmi_error_classification(text: str, code: int, kind: str) -> None:
+def test_ipmi_error_classification(text: str, code: int, kind: str, reason: str) -> None:
     class Fake(Exception):
         def __init__(self) -> None:
-            super().__init__(text)
+            super().__init__(None if text == "None" else text)
             self.ipmicode = code
 
-    assert ipmi_mod._classify(Fake())[0] == kind
+    got_kind, got_reason = ipmi_mod._classify(Fake())
+    assert got_kind == kind and reason in got_reason
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +166,28 @@ def test_ipmi_driver_against_pyghmi_bmc(fake_bmc: tuple[int, Path]) -> None:
     assert "wrong-pw" not in str(err.value)
 
 
-def test_ipmi_dead_port_times_out_within_bound() -> None:
-    d = IpmiPower(spec(port=free_udp_port(), timeout=0.3))
-    with pytest.raises(BmcTimeout):  # first call also starts the worker pool: not timed
-        d.get_power_state()
+def test_ipmi_closed_port_is_unreachable_at_once() -> None:
+    d = IpmiPower(spec(port=free_udp_port(), timeout=3.0))
     t0 = time.monotonic()
-    with pytest.raises(BmcTimeout):
+    with pytest.raises(BmcUnreachable) as err:
         d.get_power_state()
-    assert time.monotonic() - t0 < 0.8
+    assert time.monotonic() - t0 < 1.5  # includes starting the worker pool
+    assert err.value.message.endswith("port unreachable (ICMP)") and "pw-secret-1" not in err.value.message
+    t0 = time.monotonic()
+    with pytest.raises(BmcUnreachable):
+        d.get_power_state()
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_ipmi_silent_bmc_times_out_within_bound() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        d = IpmiPower(spec(port=silent.getsockname()[1], timeout=0.6))
+        with pytest.raises(BmcTimeout):  # first call may also start the worker pool: not timed
+            d.get_power_state()
+        t0 = time.monotonic()
+        with pytest.raises(BmcTimeout) as err:
+            d.get_power_state()
+        assert time.monotonic() - t0 < 1.0
+        assert err.value.message == f"BMC 127.0.0.1:{silent.getsockname()[1]}: no answer within 0.6s"
     ipmi_mod.shutdown_pool()
