@@ -3,7 +3,8 @@
 Templates live in ``templates/<kind>/<name>.j2`` (shipped) and in
 ``{data_dir}/templates/<kind>/<name>.j2`` (operators' own; same name = override).
 Every template is render-checked against a fixed sample context at start-up
-and on upload: a syntax error, a variable the context does not have (named in
+and on upload (an upload in a child process killed at a deadline, with the
+tighter render limits of render_limits.UPLOAD_LIMITS): a syntax error, a variable the context does not have (named in
 the error), access to internals (anything starting with ``_``) or output that
 is not of its kind (an iPXE script without ``#!ipxe``...) is refused.
 """
@@ -25,6 +26,7 @@ import yaml
 from jinja2 import meta, nodes
 from sqlmodel import Session
 
+from provisioner import isolated
 from provisioner.conductor.boot_context import boot_context
 from provisioner.conductor.netboot import preview_boot_config
 from provisioner.drivers.boot.configs import BOOT_KINDS
@@ -33,6 +35,7 @@ from provisioner.drivers.deploy.templates import TemplateDeploy
 from provisioner.errors import InvalidInput, TemplateError
 from provisioner.models import Host, Profile
 from provisioner.render import get_env, render_string
+from provisioner.render_limits import DEFAULT_LIMITS, UPLOAD_LIMITS, LimitExceeded, Limits
 from provisioner.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -183,6 +186,10 @@ def _static_check(kind: str, name: str, source: str, context: dict[str, Any], se
         undeclared = meta.find_undeclared_variables(ast)
     except jinja2.TemplateSyntaxError as exc:  # includes unknown filters/tests (TemplateAssertionError)
         raise TemplateError(template=label, reason=f"syntax error line {exc.lineno}: {exc.message}") from exc
+    except LimitExceeded as exc:  # nested too deeply (checked while parsing)
+        raise TemplateError(template=label, reason=f"over a render limit: {exc}") from exc
+    except RecursionError as exc:
+        raise TemplateError(template=label, reason="over a render limit: nested too deeply") from exc
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         attr: str | None = None
         if isinstance(node, nodes.Getattr):
@@ -236,7 +243,8 @@ def _contexts(kind: str, name: str) -> list[dict[str, Any]]:
     return [context_for(kind, name)]
 
 
-def check_source(kind: str, name: str, source: str, settings: Settings | None = None) -> str:
+def check_source(kind: str, name: str, source: str, settings: Settings | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> str:
     """Check a template body; returns its rendering with the (first) sample context or raises TemplateError."""
     s = settings or get_settings()
     check_kind_name(kind, name)
@@ -244,7 +252,7 @@ def check_source(kind: str, name: str, source: str, settings: Settings | None = 
     first: str | None = None
     for ctx in _contexts(kind, name):
         _static_check(kind, name, source, ctx, s)
-        text = render_string(source, ctx, name=label, settings=s)
+        text = render_string(source, ctx, name=label, settings=s, limits=limits)
         _kind_check(kind, name, text)
         first = text if first is None else first
     assert first is not None
@@ -277,6 +285,20 @@ def check_all(settings: Settings | None = None) -> list[TemplateInfo]:
     return infos
 
 
+def _check_in_child(kind: str, name: str, source: str, settings: Settings) -> None:
+    check_source(kind, name, source, settings, UPLOAD_LIMITS)
+
+
+def check_upload(kind: str, name: str, source: str, settings: Settings) -> None:
+    """check_source for an operator's upload, in a child process: a template that would spin or
+    eat memory is killed at ``settings.template_check_timeout`` and refused, the API unharmed."""
+    try:
+        isolated.call(_check_in_child, kind, name, source, settings, timeout=settings.template_check_timeout)
+    except isolated.IsolatedFailure as exc:
+        reason = f"over a render limit: rendering {exc.reason}" if exc.timed_out else f"check {exc.reason}"
+        raise TemplateError(template=f"{kind}/{name}", reason=reason) from exc
+
+
 def upload(kind: str, name: str, source: str | bytes, settings: Settings | None = None) -> TemplateInfo:
     """Check an operator's template and store it in the user templates dir (atomic replace)."""
     s = settings or get_settings()
@@ -290,7 +312,7 @@ def upload(kind: str, name: str, source: str | bytes, settings: Settings | None 
             raise InvalidInput(field="body", reason="template is not UTF-8 text") from exc
     if len(source.encode()) > MAX_TEMPLATE_BYTES:
         raise InvalidInput(field="body", reason=f"template larger than {MAX_TEMPLATE_BYTES} bytes")
-    check_source(kind, name, source, s)
+    check_upload(kind, name, source, s)
     target_dir = s.user_templates_dir / kind
     target_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.", suffix=".tmp")

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from provisioner import crud, templates_catalog
+from provisioner import crud, isolated, templates_catalog
 from provisioner.api.deps import SessionDep, SettingsDep
 from provisioner.errors import InvalidInput, NotFound
 
 router = APIRouter(tags=["templates"])
+
+# Uploads being checked at once (each check is a child process, see isolated.py); more wait
+# here, on the event loop, without holding one of the threads every sync route shares.
+_UPLOADS: RunVar[CapacityLimiter] = RunVar("prov_template_uploads")
+
+
+def _upload_limiter() -> CapacityLimiter:
+    try:
+        return _UPLOADS.get()
+    except LookupError:
+        limiter = CapacityLimiter(isolated.MAX_CHILDREN)
+        _UPLOADS.set(limiter)
+        return limiter
 
 
 @router.get("/templates")
@@ -35,10 +52,15 @@ def show_template(kind: str, name: str, settings: SettingsDep) -> PlainTextRespo
 @router.put("/templates/{kind}/{name}", openapi_extra={"requestBody": {"required": True, "content": {
     "text/plain": {"schema": {"type": "string", "description": "Jinja2 template source"}}}}})
 async def upload_template(kind: str, name: str, request: Request, settings: SettingsDep) -> dict[str, Any]:
-    """Body: the template source as text. Rejected (422, naming the problem) unless it renders cleanly."""
+    """Body: the template source as text. Rejected (422, naming the problem) unless it renders cleanly.
+
+    The check (a bounded render in a child process, up to ``template_check_timeout``) runs
+    off the event loop: a hostile template never stops the other routes.
+    """
     templates_catalog.check_kind_name(kind, name)
     body = await request.body()
-    info = templates_catalog.upload(kind, name, body, settings)
+    check = functools.partial(templates_catalog.upload, kind, name, body, settings)
+    info = await anyio.to_thread.run_sync(check, limiter=_upload_limiter())
     return info.to_dict()
 
 
