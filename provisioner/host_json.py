@@ -47,8 +47,10 @@ _SOURCES: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "profile": ("profile_name", None),
     "bmc.password_set": ("bmc_password_enc", bool),  # whether one is set: the ciphertext never leaves
 }
-# Columns no field may copy as they are, so that a slip in the schema cannot publish them.
-_NEVER = frozenset({"bmc_password_enc", "install_token_hash", "ssh_host_key"})
+# Columns no field may copy as they are, so that a slip in the schema cannot publish them:
+# ciphertexts (*_enc), digests of secrets (*_hash) and the host's SSH key.
+_NEVER_SUFFIXES = ("_enc", "_hash")
+_NEVER = frozenset({"ssh_host_key"})
 _MASKED = frozenset({"last_error", "bmc.error"})
 _ALLOWED = {state: lifecycle.allowed_events(state) for state in S.ALL}
 # Fields computed from the dict built so far and the page's NICs (read by their own query).
@@ -86,7 +88,8 @@ def spec(model: type[BaseModel], path: str = "", prefix: str = "") -> tuple[_Fie
             out.append(_Field(key, nested=spec(ann, f"{full}.", f"{prefix}{key}_")))
             continue
         source, fn = _SOURCES.get(full, (prefix + key, None))
-        if source not in EXTRA and (source not in host_c or (fn is None and source in _NEVER)):
+        secret = source in _NEVER or source.endswith(_NEVER_SUFFIXES)
+        if source not in EXTRA and (source not in host_c or (fn is None and secret)):
             raise TypeError(f"{model.__name__}.{key}: no host column {source!r} to read it from "
                             "(map it in host_json._SOURCES or _COMPUTED)")
         column_type = host_c[source].type if source in host_c else None
