@@ -3,8 +3,10 @@
 ``advance()`` is the only code that changes ``Host.state``. It checks the edge
 against ``TRANSITIONS``, moves the host with a compare-and-set on
 ``Host.version`` (so two concurrent requests cannot both win, on SQLite as on
-PostgreSQL), sets the deadline of the new state if it is a wait state, and
-appends one ``Event`` row that says "host X moved from A to B because E".
+PostgreSQL), sets the deadline of the new state if it is a wait state (its
+length from settings: ``deadline_seconds``), and appends one ``Event`` row that
+says "host X moved from A to B because E". States and events are named in
+states.py; tests/unit/test_lifecycle.py walks the whole table.
 """
 
 from __future__ import annotations
@@ -81,17 +83,19 @@ TRANSITIONS: Mapping[tuple[str, str], str] = {
     (S.MAINTENANCE, S.UNMAINTAIN): S.PREVIOUS,
 }
 
-# Seconds a host may stay in each transient state before the conductor's
-# periodic check fires TIMEOUT. Values come from settings so operators can tune.
+
 def deadline_seconds(state: str, settings: Settings | None = None) -> float | None:
+    """Seconds a host may stay in ``state`` before the conductor's periodic check fires TIMEOUT;
+    None for a state without a deadline. Every wait state's comes from settings (operators tune
+    them with PROV_* or the config file); none is a constant here."""
     s = settings or get_settings()
     return {
-        S.VERIFYING: 120.0,
-        S.INSTALLING: 600.0,
+        S.VERIFYING: s.verify_timeout,
+        S.INSTALLING: s.installing_timeout,
         S.INSTALL_WAIT: s.install_wait_timeout,
         S.BOOTING: s.ssh_wait_timeout,
         S.CONFIGURING: s.configure_timeout,
-        S.DECOMMISSIONING: 1200.0,
+        S.DECOMMISSIONING: s.decommission_timeout,
     }.get(state)
 
 

@@ -73,16 +73,10 @@ class Settings(BaseSettings):
     dhcp_interface: str | None = None
     dhcp_range: str | None = None  # "10.10.0.100,10.10.0.200,255.255.255.0" or proxy mode "10.10.0.0,proxy"
     unknown_mac_action: str = "ignore"  # ignore | discover
-    # TFTP limits (drivers/boot/tftp.py): transfers at once from one client address, and the
-    # largest retransmission timeout a client may negotiate (RFC 2349 allows 1-255 s).
-    tftp_max_per_client: int = 8
-    tftp_max_timeout: int = 5
 
     # Where templates and playbooks are read from; operators' own templates
     # live in {data_dir}/templates and override the shipped ones.
     templates_dir: Path = _PACKAGE_DIR / "templates"
-    # An uploaded template's check runs in a child process killed after this many seconds.
-    template_check_timeout: float = 3.0
     playbooks_dir: Path = _PACKAGE_DIR / "playbooks"
 
     # Power
@@ -92,11 +86,16 @@ class Settings(BaseSettings):
     power_sync_interval: float = 300.0
     power_sync_enabled: bool = True
 
-    # Lifecycle timeouts (seconds) for the wait states; see lifecycle.py.
-    install_wait_timeout: float = 3600.0
+    # Lifecycle deadlines (seconds): how long a host may stay in each wait state before the
+    # conductor's timeout check fires TIMEOUT (lifecycle.deadline_seconds reads them).
+    verify_timeout: float = 120.0  # verifying: the BMC check
+    installing_timeout: float = 600.0  # installing: the controller's power, boot-device and netboot steps
+    install_wait_timeout: float = 3600.0  # install-wait: the installer's (or deploy ramdisk's) done/error
+    ssh_wait_timeout: float = 900.0  # booting: SSH on the installed system
+    configure_timeout: float = 3600.0  # configuring (also the Ansible run's own timeout)
+    decommission_timeout: float = 1200.0  # decommissioning
+    # Read by nothing yet: an image deploy waits in install-wait, under install_wait_timeout.
     deploy_wait_timeout: float = 1800.0
-    configure_timeout: float = 3600.0
-    ssh_wait_timeout: float = 900.0
     # How often the conductor looks for hosts past their state deadline (tests shorten it).
     timeout_check_interval: float = 30.0
     # How often the controller compares reality with the last applied inventory (GitOps
