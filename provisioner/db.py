@@ -16,6 +16,11 @@ _engines: dict[str, Engine] = {}
 
 # SQLite waits this long for a competing writer before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How long a request waits for a pooled connection before it is told to retry (503 with
+# Retry-After, api/app.py). No connection is held across network I/O (issue 18), so every
+# holder gives its connection back within milliseconds; a long wait means overload, and a
+# prompt "retry" beats the 30 s default followed by a failure.
+POOL_TIMEOUT_S = 5.0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -29,10 +34,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_timeout=POOL_TIMEOUT_S)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=POOL_TIMEOUT_S)
     return engine
 
 

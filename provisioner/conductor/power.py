@@ -353,6 +353,13 @@ class PowerService:
             list(pool.map(one, host_ids))
         return [results[h] for h in host_ids]
 
+    def rack_ref(self, rack: int | str) -> tuple[int, str]:
+        """The rack's id and name, from a short session (callers then wait on BMCs with none open)."""
+        with self._session() as s:
+            r = crud.get_rack(s, rack)
+            assert r.id is not None
+            return r.id, r.name
+
     def rack_host_ids(self, rack: int | str) -> list[int]:
         with self._session() as s:
             r = crud.get_rack(s, rack)
@@ -406,6 +413,10 @@ def set_boot_device(host_id: int | str, setting: BootSetting | None = None, *, s
 def get_power(host_id: int | str, *, settings: Settings | None = None, actor: str = "system",
               retry: bool = True) -> PowerResult:
     return _raise(get_service(settings).get_power(host_id, actor=actor, retry=retry))
+
+
+def rack_ref(rack: int | str, *, settings: Settings | None = None) -> tuple[int, str]:
+    return get_service(settings).rack_ref(rack)
 
 
 ProgressFn = Callable[[int, int, PowerResult], None]

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from provisioner import crud
-from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
+from provisioner.api.deps import ActorDep, SettingsDep
+from provisioner.api.offload import run_network_io
 from provisioner.conductor import power as power_service
 from provisioner.conductor.tasks import TaskContext, get_runner
 from provisioner.conductor.verify import verify_host
@@ -49,37 +49,35 @@ def _summary(results: list[power_service.PowerResult]) -> dict[str, Any]:
     return {"results": rows, "count": len(rows), "failed": sum(1 for r in results if not r.ok)}
 
 
+# The routes below wait on BMCs: async, no request-scoped session (the power service reads and
+# writes in short sessions of its own, none open across a BMC call), the wait in the network-I/O
+# threads (api/offload.py), so dead BMCs hold neither pooled connections nor shared threads.
 @router.get("/hosts/{host}/power")
-def get_host_power(host: str, session: SessionDep, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+async def get_host_power(host: str, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
     """Ask the BMC now (and record the answer on the host)."""
-    h = crud.get_host(session, host)
-    assert h.id is not None
-    return power_service.get_power(h.id, settings=settings, actor=actor).to_dict()
+    return await run_network_io(lambda: power_service.get_power(host, settings=settings, actor=actor).to_dict())
 
 
 @router.post("/hosts/{host}/power")
-def post_host_power(host: str, body: PowerRequest, session: SessionDep, settings: SettingsDep,
-                    actor: ActorDep) -> dict[str, Any]:
-    h = crud.get_host(session, host)
-    assert h.id is not None
-    return power_service.power_action(h.id, body.action, settings=settings, wait=body.wait, actor=actor).to_dict()
+async def post_host_power(host: str, body: PowerRequest, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+    return await run_network_io(lambda: power_service.power_action(
+        host, body.action, settings=settings, wait=body.wait, actor=actor).to_dict())
 
 
 @router.put("/hosts/{host}/boot-device")
-def put_host_boot_device(host: str, body: BootDeviceRequest, session: SessionDep, settings: SettingsDep,
-                         actor: ActorDep) -> dict[str, Any]:
-    h = crud.get_host(session, host)
-    assert h.id is not None
-    return power_service.set_boot_device(h.id, settings=settings, device=body.device, persistent=body.persistent,
-                                         uefi=body.uefi, actor=actor).to_dict()
+async def put_host_boot_device(host: str, body: BootDeviceRequest, settings: SettingsDep,
+                               actor: ActorDep) -> dict[str, Any]:
+    return await run_network_io(lambda: power_service.set_boot_device(
+        host, settings=settings, device=body.device, persistent=body.persistent, uefi=body.uefi,
+        actor=actor).to_dict())
 
 
 @router.post("/hosts/{host}/verify")
-def post_host_verify(host: str, session: SessionDep, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
-    """enrolled|available|verify-failed -> verifying -> available|verify-failed (answers when done)."""
-    h = crud.get_host(session, host)
-    assert h.id is not None
-    done = verify_host(h.id, settings=settings, actor=actor)
+async def post_host_verify(host: str, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+    """enrolled|available|verify-failed -> verifying -> available|verify-failed (answers when done).
+
+    409 at once when the host is already being verified."""
+    done = await run_network_io(lambda: verify_host(host, settings=settings, actor=actor))
     return {"host": done.name, "state": done.state, "last_error": done.last_error if done.state != "available"
             else None, "power_state": done.power_state}
 
@@ -106,34 +104,41 @@ def _rack_task(rack_id: int, kind: str, fn: Any, settings: Any, params: dict[str
 
 
 @router.get("/racks/{rack}/power")
-def get_rack_power(rack: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    r = crud.get_rack(session, rack)
-    return {"rack": r.name, **_summary(power_service.rack_get_power(r.id or 0, settings=settings))}
+async def get_rack_power(rack: str, settings: SettingsDep) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        rid, name = power_service.rack_ref(rack, settings=settings)
+        return {"rack": name, **_summary(power_service.rack_get_power(rid, settings=settings))}
+
+    return await run_network_io(run)
 
 
 @router.post("/racks/{rack}/power")
-def post_rack_power(rack: str, body: RackPowerRequest, session: SessionDep, settings: SettingsDep,
-                    actor: ActorDep) -> dict[str, Any]:
-    r = crud.get_rack(session, rack)
-    assert r.id is not None
-    rid = r.id
+async def post_rack_power(rack: str, body: RackPowerRequest, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+    return await run_network_io(lambda: _post_rack_power(rack, body, settings, actor))
+
+
+def _post_rack_power(rack: str, body: RackPowerRequest, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
+    rid, name = power_service.rack_ref(rack, settings=settings)
 
     def fn(progress: Any = None, task_id: int | None = None) -> list[power_service.PowerResult]:
         return power_service.rack_power_action(rid, body.action, settings=settings, wait=body.wait, actor=actor,
                                                task_id=task_id, progress=progress)
 
     if body.background:
-        return {"rack": r.name, **_rack_task(rid, "rack-power", fn, settings,
-                                             {"action": body.action.value, "wait": body.wait})}
-    return {"rack": r.name, **_summary(fn())}
+        return {"rack": name, **_rack_task(rid, "rack-power", fn, settings,
+                                           {"action": body.action.value, "wait": body.wait})}
+    return {"rack": name, **_summary(fn())}
 
 
 @router.put("/racks/{rack}/boot-device")
-def put_rack_boot_device(rack: str, body: RackBootDeviceRequest, session: SessionDep, settings: SettingsDep,
-                         actor: ActorDep) -> dict[str, Any]:
-    r = crud.get_rack(session, rack)
-    assert r.id is not None
-    rid = r.id
+async def put_rack_boot_device(rack: str, body: RackBootDeviceRequest, settings: SettingsDep,
+                               actor: ActorDep) -> dict[str, Any]:
+    return await run_network_io(lambda: _put_rack_boot_device(rack, body, settings, actor))
+
+
+def _put_rack_boot_device(rack: str, body: RackBootDeviceRequest, settings: SettingsDep,
+                          actor: ActorDep) -> dict[str, Any]:
+    rid, name = power_service.rack_ref(rack, settings=settings)
     setting = power_service.BootSetting(body.device, persistent=body.persistent, uefi=body.uefi)
 
     def fn(progress: Any = None, task_id: int | None = None) -> list[power_service.PowerResult]:
@@ -141,7 +146,7 @@ def put_rack_boot_device(rack: str, body: RackBootDeviceRequest, session: Sessio
                                                   progress=progress)
 
     if body.background:
-        return {"rack": r.name, **_rack_task(rid, "rack-boot-device", fn, settings,
-                                             {"device": body.device.value, "persistent": body.persistent,
-                                              "uefi": body.uefi})}
-    return {"rack": r.name, **_summary(fn())}
+        return {"rack": name, **_rack_task(rid, "rack-boot-device", fn, settings,
+                                           {"device": body.device.value, "persistent": body.persistent,
+                                            "uefi": body.uefi})}
+    return {"rack": name, **_summary(fn())}
