@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 
@@ -48,14 +49,30 @@ def mint(session: Session, host: Host, settings: Settings | None = None) -> str:
     return token
 
 
+# Host ids are 32-bit integer columns (PostgreSQL int4); a larger number names no host.
+_MAX_HOST_ID = 2**31 - 1
+_ASCII_ID = re.compile(r"[0-9]{1,10}")
+
+
+def _host_id(text: str) -> int | None:
+    """The token's host id: ASCII decimal digits in the id range, else None. (``str.isdigit`` is
+    true for ``²`` that ``int()`` refuses, and an overflowing id failed in the database: both gave
+    500 where a refusal belongs, issue 18.)"""
+    if not _ASCII_ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= _MAX_HOST_ID else None
+
+
 def verify(session: Session, token: str) -> Host:
     """Return the host this token belongs to, or raise Forbidden (403). Changes nothing."""
     if not token or len(token) > MAX_TOKEN_LEN:
         raise Forbidden(reason=_REFUSED)
     host_part, sep, _secret = token.partition(".")
-    if not sep or not host_part.isdigit():
+    host_id = _host_id(host_part)
+    if not sep or host_id is None:
         raise Forbidden(reason=_REFUSED)
-    host = session.get(Host, int(host_part))
+    host = session.get(Host, host_id)
     # Compare against a dummy digest when there is no host or no token, so the
     # time taken does not tell a caller which host ids exist.
     stored = (host.install_token_hash if host is not None else None) or ""

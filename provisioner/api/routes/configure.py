@@ -15,6 +15,7 @@ from sqlmodel import select
 
 from provisioner import crud
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
+from provisioner.api.pagination import MAX_ID, RowId
 from provisioner.conductor import configure
 from provisioner.errors import NotFound
 from provisioner.models import Event, Host, Task
@@ -73,8 +74,9 @@ def configure_rack(rack: str, body: ConfigureBody, session: SessionDep, settings
 
 
 @router.get("/configure/{task_id}")
-def configure_status(task_id: int, session: SessionDep,
-                     after: int = Query(0, ge=0, description="only history lines with a larger id")) -> dict[str, Any]:
+def configure_status(task_id: RowId, session: SessionDep,
+                     after: int = Query(0, ge=0, le=MAX_ID,
+                                        description="only history lines with a larger id")) -> dict[str, Any]:
     task = session.get(Task, task_id)
     if task is None or task.kind != configure.KIND:
         raise NotFound(kind="configure task", name=str(task_id))

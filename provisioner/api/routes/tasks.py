@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from provisioner import crud
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, SettingsDep
-from provisioner.api.pagination import Limit, Offset
+from provisioner.api.pagination import Limit, Offset, RowId
 from provisioner.conductor.tasks import get_runner
 from provisioner.errors import Conflict
 from provisioner.schemas import Page, TaskPublic
@@ -27,12 +27,12 @@ def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskPublic)
-def get_task(task_id: int, session: SessionDep) -> TaskPublic:
+def get_task(task_id: RowId, session: SessionDep) -> TaskPublic:
     return TaskPublic.model_validate(crud.get_task(session, task_id))
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses={409: {"description": "already finished"}})
-def cancel_task(task_id: int, session: SessionDep, settings: SettingsDep) -> TaskPublic:
+def cancel_task(task_id: RowId, session: SessionDep, settings: SettingsDep) -> TaskPublic:
     """Ask a running task to stop at its next step; its workflow records why and cleans up."""
     task = crud.get_task(session, task_id)
     if task.status in S.TASK_DONE:
