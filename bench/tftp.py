@@ -33,7 +33,9 @@ import logging, signal, sys, threading
 from pathlib import Path
 from provisioner.drivers.boot.tftp import TftpConfig, TftpServer
 logging.basicConfig(level=logging.WARNING)
-srv = TftpServer(TftpConfig(root=Path(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]))).start()
+# every client of the bench comes from 127.0.0.1: lift the per-address cap (8 by default)
+srv = TftpServer(TftpConfig(root=Path(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
+                            max_per_client=512)).start()
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 print("ready", flush=True)

@@ -73,10 +73,16 @@ class Settings(BaseSettings):
     dhcp_interface: str | None = None
     dhcp_range: str | None = None  # "10.10.0.100,10.10.0.200,255.255.255.0" or proxy mode "10.10.0.0,proxy"
     unknown_mac_action: str = "ignore"  # ignore | discover
+    # TFTP limits (drivers/boot/tftp.py): transfers at once from one client address, and the
+    # largest retransmission timeout a client may negotiate (RFC 2349 allows 1-255 s).
+    tftp_max_per_client: int = 8
+    tftp_max_timeout: int = 5
 
     # Where templates and playbooks are read from; operators' own templates
     # live in {data_dir}/templates and override the shipped ones.
     templates_dir: Path = _PACKAGE_DIR / "templates"
+    # An uploaded template's check runs in a child process killed after this many seconds.
+    template_check_timeout: float = 3.0
     playbooks_dir: Path = _PACKAGE_DIR / "playbooks"
 
     # Power

@@ -21,6 +21,15 @@ write requests, ``..``, absolute paths, backslashes, symlinks that leave the
 root, anything that is not a regular file. Every transfer is logged with
 client, file, bytes, duration.
 
+Nobody on the provisioning network may lock PXE out (issue 18): a client
+cannot negotiate a retransmission timeout above ``max_client_timeout``; one
+client address holds at most ``max_per_client`` transfers; a transfer whose
+first packet was never acknowledged gives up after ``first_retries`` resends,
+and when the slots run short (per address or in all) a new request takes the
+slot of the oldest such unanswered transfer, then of one whose client stopped
+answering, before anyone is told "busy". Netascii is converted as a stream
+(netascii.py), never the whole file at once.
+
 Per-MAC boot configs (``pxelinux.cfg/01-<mac>``, ``grub.cfg-01-<mac>``,
 ``grub/grub.cfg-01-<mac>``) never exist on disk: a *dynamic hook* renders them
 on request (the conductor passes it in, see :func:`serve`).
@@ -39,7 +48,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +57,7 @@ from tftpy.TftpPacketFactory import TftpPacketFactory
 from tftpy.TftpPacketTypes import TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ
 from tftpy.TftpShared import TftpErrors
 
+from provisioner.drivers.boot.netascii import NetasciiFile, convert
 from provisioner.errors import BootError
 
 if TYPE_CHECKING:
@@ -104,7 +114,11 @@ class TftpConfig:
     port: int = 69
     timeout: float = 1.0  # seconds before a block is resent, unless the client asks (RFC 2349)
     retries: int = 6  # resends of the same window before giving up
-    max_transfers: int = 512  # concurrent transfers; beyond: ERROR "server busy"
+    # resends of the first packet (OACK or DATA 1) that nobody acknowledged: a silent RRQ is cheap
+    first_retries: int = 2
+    max_transfers: int = 512  # concurrent transfers; beyond: ERROR "server busy" (after shedding)
+    max_per_client: int = 8  # concurrent transfers from one client address (after shedding)
+    max_client_timeout: int = 5  # the largest ``timeout`` option we acknowledge (RFC 2349 allows 255)
     max_blksize: int = MAX_BLKSIZE
     max_windowsize: int = 64  # a bound on how much we blast before an ACK
     socket_buffer: int = 4 * 1024 * 1024  # SO_SNDBUF/SO_RCVBUF for transfer sockets
@@ -182,7 +196,9 @@ def negotiate(options: dict[str, str], size: int, cfg: TftpConfig) -> tuple[dict
             oack["blksize"] = str(blksize)
         elif key == "tsize" and val == 0:  # on a read request the client sends 0 (RFC 2349)
             oack["tsize"] = str(size)
-        elif key == "timeout" and MIN_TIMEOUT <= val <= MAX_TIMEOUT:
+        elif key == "timeout" and MIN_TIMEOUT <= val <= min(MAX_TIMEOUT, cfg.max_client_timeout):
+            # RFC 2349: the OACK must carry the client's own value, so a longer timeout is not
+            # lowered but declined (left out of the OACK, RFC 2347): we keep our cfg.timeout.
             timeout = float(val)
             oack["timeout"] = str(val)
         elif key == "windowsize" and val >= MIN_WINDOWSIZE:
@@ -191,28 +207,45 @@ def negotiate(options: dict[str, str], size: int, cfg: TftpConfig) -> tuple[dict
     return oack, blksize, timeout, window
 
 
-def _netascii(data: bytes) -> bytes:
-    # RFC 764 / RFC 1350: CR -> CR NUL, LF -> CR LF.
-    return data.replace(b"\r", b"\r\x00").replace(b"\n", b"\r\n")
+Payload = bytes | mmap.mmap | NetasciiFile
+_SHED = "shed: its slot went to a new request"
 
 
 # --- the transfer engine --------------------------------------------------------
 class _Transfer:
     """Sends one file to one client. Runs in its own thread, owns its socket."""
 
-    def __init__(self, server: TftpServer, peer: tuple[str, int], filename: str,
-                 payload: bytes | mmap.mmap, oack: dict[str, str], blksize: int,
-                 timeout: float, window: int, closer: Callable[[], None]) -> None:
+    def __init__(self, server: TftpServer, peer: tuple[str, int], filename: str, payload: Payload,
+                 options: dict[str, str], closer: Callable[[], None]) -> None:
         self.server = server
         self.peer = peer
         self.filename = filename
         self.payload = payload
-        self.oack = oack
-        self.blksize = blksize
-        self.timeout = timeout
-        self.window = window
+        self.options = options
+        # negotiated in the transfer's thread (a netascii size pass must not stall the listener)
+        self.oack: dict[str, str] = {}
+        self.blksize = DEFAULT_BLKSIZE
+        self.timeout = server.cfg.timeout
+        self.window = 1
         self.closer = closer
         self.sock = socket.socket(server.family, socket.SOCK_DGRAM)
+        # What the server sheds first when slots run short (see TftpServer._admit).
+        self.started = time.monotonic()
+        self.confirmed = False  # the client acknowledged something: it is really there
+        self.stalled = False  # resending: the client missed at least the last ACK
+        self.cancelled = False
+
+    def _abort_if_ended(self) -> None:
+        if self.server._stopping.is_set():
+            raise _Refused(0, "server stopping")
+        if self.cancelled:
+            raise _Refused(0, _SHED)
+
+    def cancel(self) -> None:
+        """Shed this transfer: wakes its thread (blocked in recv) and makes it give up."""
+        self.cancelled = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once (0 bytes)
 
     def run(self) -> None:
         start = time.monotonic()
@@ -275,6 +308,8 @@ class _Transfer:
                 return None
             raise
         if n < 4:
+            if self.cancelled:
+                raise _Refused(0, _SHED)
             return -1  # junk from our peer's port: ignore
         opcode, block = _ACK.unpack_from(buf)
         if opcode == OP_ACK:
@@ -284,30 +319,33 @@ class _Transfer:
         return -1
 
     def _send(self) -> int:
-        self._setup_socket()
-        stop = self.server._stopping
+        cfg = self.server.cfg
         size = len(self.payload)
+        self.oack, self.blksize, self.timeout, self.window = negotiate(self.options, size, cfg)
+        self._setup_socket()
         blksize = self.blksize
-        retries = self.server.cfg.retries
+        retries = cfg.retries
         sock = self.sock
         buf = bytearray(516)
         # RFC 2347: after an OACK the client answers with ACK 0 (or ERROR 8 to decline).
         if self.oack:
             oack = oack_packet(self.oack)
-            for _attempt in range(retries + 1):
-                if stop.is_set():
-                    raise _Refused(0, "server stopping")
+            for _attempt in range(cfg.first_retries + 1):
+                self._abort_if_ended()
                 sock.send(oack)
                 try:
                     got = self._recv_ack(buf)
                 except _Refused as exc:
+                    if self.cancelled:
+                        raise
                     # UEFI (EDK2) PXE asks once for tsize only and ends with ERROR after the OACK
                     raise _Refused(exc.code, "client ended the transfer after the OACK (size probe)") from exc
                 if got == 0:
+                    self.confirmed = True
                     break
             else:
                 raise _Refused(0, "no ACK for OACK")
-        view = memoryview(self.payload)
+        view = self.payload if isinstance(self.payload, NetasciiFile) else memoryview(self.payload)
         total = size // blksize + 1  # the last block is short (possibly empty) and ends the transfer
         window = self.window
         if window == 1:
@@ -321,8 +359,7 @@ class _Transfer:
         tries = 0
         try:
             while acked < total:
-                if stop.is_set():
-                    raise _Refused(0, "server stopping")
+                self._abort_if_ended()
                 last = min(acked + window, total)
                 blk = acked + 1
                 off = acked * blksize
@@ -335,6 +372,7 @@ class _Transfer:
                     got = self._recv_ack(buf)
                     if got is None:  # timeout: resend the window from the first unacknowledged block
                         tries += 1
+                        self.stalled = True
                         if tries > retries:
                             raise _Refused(0, f"timed out after {retries} retries at block {acked + 1}")
                         break
@@ -350,12 +388,13 @@ class _Transfer:
                         continue  # stale ACK from long ago
                     acked += delta
                     tries = 0
+                    self.stalled = False
                     break
         finally:
             view.release()
         return size
 
-    def _send_lockstep(self, view: memoryview, total: int, buf: bytearray) -> int:
+    def _send_lockstep(self, view: memoryview | NetasciiFile, total: int, buf: bytearray) -> int:
         """RFC 1350 lock-step: the hot path for clients without windowsize.
 
         Kept flat on purpose (profiled): local names only, precomputed headers,
@@ -367,6 +406,8 @@ class _Transfer:
         recv_into = self.sock.recv_into
         stop = self.server._stopping
         retries = self.server.cfg.retries
+        # DATA 1 without an OACK before it: nobody has answered yet, give up sooner
+        first_retries = retries if self.confirmed else self.server.cfg.first_retries
         headers = _DATA_HEADERS
         acks = _ACK_PACKETS
         blk = 1
@@ -382,17 +423,24 @@ class _Transfer:
                 except (BlockingIOError, TimeoutError, InterruptedError):
                     n = -1
                 if n == 4 and buf[:4] == want:
+                    if blk == 1:
+                        self.confirmed = True
                     blk += 1
                     off += blksize
-                    tries = 0
+                    if tries:
+                        tries = 0
+                        self.stalled = False
                     break
                 if n < 0:  # timeout: resend this block
                     tries += 1
-                    if tries > retries:
-                        raise _Refused(0, f"timed out after {retries} retries at block {blk}")
-                    if stop.is_set():
-                        raise _Refused(0, "server stopping")
+                    self.stalled = True
+                    limit = first_retries if blk == 1 else retries
+                    if tries > limit:
+                        raise _Refused(0, f"timed out after {limit} retries at block {blk}")
+                    self._abort_if_ended()
                     break
+                if n < 4 and self.cancelled:  # shut down by cancel(): recv returns 0 at once
+                    raise _Refused(0, _SHED)
                 if n >= 4 and buf[0] == 0 and buf[1] == OP_ERROR:
                     raise _Refused(0, "client aborted the transfer")
                 # anything else (a duplicate ACK, junk): wait on; never resend on a
@@ -436,6 +484,10 @@ class TftpServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        with self._lock:
+            running = list(self._transfers)
+        for transfer in running:  # wake the ones waiting for an ACK instead of waiting out their timeout
+            transfer.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
         with contextlib.suppress(OSError):
@@ -495,15 +547,15 @@ class TftpServer:
             mode = str(pkt.mode).lower()
             if mode not in ("octet", "netascii"):
                 raise _Refused(TftpErrors.IllegalTftpOp, f"mode {mode} not supported")
-            with self._lock:
-                if len(self._transfers) >= self.cfg.max_transfers:
-                    raise _Refused(TftpErrors.NotDefined, "server busy")
             rel = safe_relpath(filename)
-            payload, closer = self._open(rel, peer)
-            if mode == "netascii":
-                converted = _netascii(bytes(payload))
+            payload, closer = self._open(rel, peer, netascii=mode == "netascii")
+            transfer = _Transfer(self, peer, rel, payload, dict(pkt.options or {}), closer)
+            try:
+                self._admit(transfer)
+            except _Refused:
+                transfer.sock.close()
                 closer()
-                payload, closer = converted, _noop
+                raise
         except _Refused as exc:
             log.warning("tftp refused %s %r from %s: %s", "WRQ" if isinstance(pkt, TftpPacketWRQ) else "RRQ",
                         filename, peer[0], exc.message,
@@ -514,17 +566,36 @@ class TftpServer:
                     self.cfg.on_transfer(TransferRecord(f"{peer[0]}:{peer[1]}", filename, 0, 0.0,
                                                         DEFAULT_BLKSIZE, 1, False, exc.message))
             return
-        oack, blksize, timeout, window = negotiate(dict(pkt.options or {}), len(payload), self.cfg)
-        transfer = _Transfer(self, peer, rel, payload, oack, blksize, timeout, window, closer)
-        with self._lock:
-            self._transfers.add(transfer)
         threading.Thread(target=transfer.run, name=f"tftp-xfer-{peer[0]}:{peer[1]}", daemon=True).start()
+
+    def _admit(self, transfer: _Transfer) -> None:
+        """Give ``transfer`` a slot, shedding one that is not worth its slot if none is free.
+
+        Within the client's own ``max_per_client``, then within ``max_transfers``, the
+        transfer shed is the oldest one never acknowledged (a silent RRQ, a spoofed
+        source), else the oldest one whose client stopped answering; a transfer that
+        is making progress is never shed. Nothing sheddable: ERROR, and the
+        requests already running go on.
+        """
+        client = transfer.peer[0]
+        shed: list[_Transfer] = []
+        with self._lock:
+            mine = [t for t in self._transfers if t.peer[0] == client]
+            if len(mine) >= self.cfg.max_per_client:
+                shed.append(_take_sheddable(mine, self._transfers, f"too many transfers from {client}"))
+            if len(self._transfers) >= self.cfg.max_transfers:
+                shed.append(_take_sheddable(self._transfers, self._transfers, "server busy"))
+            self._transfers.add(transfer)
+        for victim in shed:
+            log.info("tftp: shedding %s -> %s:%d (%s) for a new request", victim.filename, victim.peer[0],
+                     victim.peer[1], "never acknowledged" if not victim.confirmed else "client stopped answering")
+            victim.cancel()
 
     def _transfer_done(self, transfer: _Transfer) -> None:
         with self._lock:
             self._transfers.discard(transfer)
 
-    def _open(self, rel: str, peer: tuple[str, int]) -> tuple[bytes | mmap.mmap, Callable[[], None]]:
+    def _open(self, rel: str, peer: tuple[str, int], netascii: bool = False) -> tuple[Payload, Callable[[], None]]:
         if self.cfg.dynamic is not None:
             try:
                 content = self.cfg.dynamic(rel, peer)
@@ -534,7 +605,7 @@ class TftpServer:
                 log.exception("tftp: dynamic file %s failed", rel)
                 raise _Refused(TftpErrors.NotDefined, "could not render file") from exc
             if content is not None:
-                return content, _noop
+                return (convert(content) if netascii else content), _noop
         path = resolve_in_root(self.cfg.root, rel)
         try:
             # O_NOFOLLOW: the path was resolved above; a symlink swapped in since then is refused.
@@ -549,6 +620,9 @@ class TftpServer:
                 raise _Refused(TftpErrors.FileNotFound, "file not found")
             if st.st_size == 0:
                 return b"", _noop
+            if netascii:  # converted as it is sent, from its own descriptor (never whole in memory)
+                stream = NetasciiFile(os.dup(fd), st.st_size)
+                return stream, stream.close
             return self._maps.acquire(fd, st)
         finally:
             os.close(fd)
@@ -556,6 +630,17 @@ class TftpServer:
 
 def _noop() -> None:
     return None
+
+
+def _take_sheddable(candidates: Iterable[_Transfer], transfers: set[_Transfer], busy: str) -> _Transfer:
+    """Remove and return the transfer to shed among ``candidates`` (see TftpServer._admit)."""
+    pool = list(candidates)
+    victims = [t for t in pool if not t.confirmed] or [t for t in pool if t.stalled]
+    if not victims:
+        raise _Refused(TftpErrors.NotDefined, busy)
+    victim = min(victims, key=lambda t: t.started)
+    transfers.discard(victim)
+    return victim
 
 
 class _MapCache:
@@ -619,5 +704,6 @@ def serve(settings: Settings, dynamic: DynamicHook | None = None) -> TftpServer:
     """
     root = settings.boot_dir
     root.mkdir(parents=True, exist_ok=True)
-    cfg = TftpConfig(root=root, host=settings.tftp_host, port=settings.tftp_port, dynamic=dynamic)
+    cfg = TftpConfig(root=root, host=settings.tftp_host, port=settings.tftp_port, dynamic=dynamic,
+                     max_per_client=settings.tftp_max_per_client, max_client_timeout=settings.tftp_max_timeout)
     return TftpServer(cfg).start()

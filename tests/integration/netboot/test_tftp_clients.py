@@ -48,8 +48,9 @@ def server(root: Path):
             raise T.TftpNotFound(rel)
         return f"# {kind} for {mac}\n".encode()
 
+    # max_per_client: test_64_parallel's 64 "machines" all come from 127.0.0.1
     srv = T.TftpServer(T.TftpConfig(root=root, host="127.0.0.1", port=free_port(socket.SOCK_DGRAM),
-                                    dynamic=hook, on_transfer=records.append)).start()
+                                    dynamic=hook, on_transfer=records.append, max_per_client=64)).start()
     srv.records = records  # type: ignore[attr-defined]
     yield srv
     srv.stop()
