@@ -30,6 +30,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "lab/": (*_STORE, "provisioner.conductor", "provisioner.api", "provisioner.cli"),
     # the ground floor and the data layer import nothing above them
     "crud.py": (*_UPPER, "provisioner.drivers", "provisioner.lab"),
+    "host_json.py": (*_UPPER, "provisioner.drivers", "provisioner.lab"),
     "models.py": (*_UPPER, "provisioner.drivers", "provisioner.lab", "provisioner.crud"),
     "schemas.py": (*_UPPER, "provisioner.drivers", "provisioner.lab", "provisioner.crud", "provisioner.db"),
     "lifecycle.py": (*_UPPER, "provisioner.drivers", "provisioner.lab"),
