@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -79,21 +80,48 @@ def decrypt(ciphertext: str, settings: Settings | None = None) -> str:
     return value
 
 
-# One-time install tokens travel in URL paths and kernel command lines (installers
-# cannot send headers); they are never registered, so they are masked by shape.
-_TOKEN_IN_TEXT = re.compile(r"(/install/v1/|prov\.token=)[A-Za-z0-9_\-]{8,}")
+# Credentials the masker may not know by value (an operator token; an install token minted by
+# another controller process or before a restart) are masked by where they travel and by their
+# shape. One-time install tokens are ``<host id>.<secret>``
+# (conductor/install_tokens.py) and ride in URL paths (installers cannot send headers), kernel
+# command lines and query strings; operator tokens ride in Authorization headers. Whatever
+# follows a carrier is masked up to the next delimiter, whatever its shape (the old rule wanted
+# ``[A-Za-z0-9_-]{8,}``, and the dot of a real token stopped it after the host id).
+_CARRIER = re.compile(
+    r"(?P<carrier>(?i:/install/v1/|token=)|\b(?:Bearer|Basic) +)"  # HTTP auth schemes as clients spell them
+    r"(?P<value>[^\s/?&#;,\"'<>()\[\]{}]+)"
+)
+# A token anywhere else (a repr, a JSON body, a percent-encoded URL): digits, a dot, and at least
+# 32 URL-safe base64 characters (a real secret part has 43).
+_TOKEN_SHAPE = re.compile(r"(?<![0-9])[0-9]{1,20}\.[A-Za-z0-9_\-]{32,}")
 
 
 def mask(text: str) -> str:
-    """Replace every known secret in ``text``, and install tokens by their shape."""
+    """Replace every known secret in ``text``, and tokens by where they travel and their shape."""
     with _known_lock:
         secrets = sorted(_known, key=len, reverse=True)
     for s in secrets:
         if s in text:
             text = text.replace(s, MASK)
-    if "/install/v1/" in text or "prov.token=" in text:
-        text = _TOKEN_IN_TEXT.sub(lambda m: m.group(1) + MASK, text)
-    return text
+    text = _CARRIER.sub(lambda m: m.group("carrier") + MASK, text)
+    return _TOKEN_SHAPE.sub(MASK, text)
+
+
+# Replies to unauthenticated requests: a value the client sent never comes back, secret or not.
+# Masking alone made replies an oracle: ``GET /boot/ipxe/<guess>`` echoed ``'********'`` exactly
+# when the guess was a stored BMC password (issue 18). Values shorter than this cannot be a
+# registered secret (see register) and are left alone.
+ECHO = "<redacted>"
+_MIN_ECHO = 3
+
+
+def mask_reply(text: str, supplied: Iterable[str]) -> str:
+    """``text`` with every client-supplied value replaced by ``ECHO`` (whether it is a secret or
+    not, so the reply cannot tell), then masked as usual."""
+    for value in sorted({v for v in supplied if len(v) >= _MIN_ECHO}, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, ECHO)
+    return mask(text)
 
 
 class MaskingFilter(logging.Filter):

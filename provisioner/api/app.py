@@ -17,12 +17,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InvalidRequestError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provisioner import __version__
 from provisioner.api import lifespan
 from provisioner.api.deps import require_token
+from provisioner.api.error_text import is_public, public_validation_error, reply_body, reply_text
 from provisioner.api.middleware import BodyLimitMiddleware, GcTuningMiddleware, Metrics, MetricsMiddleware
 from provisioner.api.routes import (
     boot_files,
@@ -71,11 +74,13 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
-def _validation_handler(_request: Request, exc: RequestValidationError) -> JSONResponse:
+def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     errs = []
     for e in exc.errors():
         field = _field_path(e.get("loc", ()))
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if is_public(request):  # nothing the client sent is echoed there (api/error_text.py)
+            field, msg = public_validation_error(e, field, msg)
         errs.append({"field": field, "message": mask(msg)})
     first = errs[0] if errs else {"field": "body", "message": "invalid request"}
     return JSONResponse(
@@ -89,9 +94,8 @@ def _validation_handler(_request: Request, exc: RequestValidationError) -> JSONR
     )
 
 
-def _prov_error_handler(_request: Request, exc: ProvError) -> JSONResponse:
-    body = exc.to_dict()
-    body["message"] = mask(body["message"])
+def _prov_error_handler(request: Request, exc: ProvError) -> JSONResponse:
+    body = reply_body(request, exc.to_dict())
     if exc.http_status >= 500:
         log.warning("request failed: %s", body["message"])
     return JSONResponse(status_code=exc.http_status, content=body)
@@ -101,9 +105,9 @@ _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "me
                413: "body_too_large", 415: "unsupported_media_type"}
 
 
-def _http_error_handler(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own errors (unknown path, wrong method) in the same JSON shape as ours."""
-    body = {"error": _HTTP_CODES.get(exc.status_code, "http_error"), "message": mask(str(exc.detail))}
+    body = {"error": _HTTP_CODES.get(exc.status_code, "http_error"), "message": reply_text(request, str(exc.detail))}
     return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
 
 
@@ -111,7 +115,33 @@ def _db_busy_handler(_request: Request, exc: OperationalError) -> JSONResponse:
     # SQLite "database is locked" after the busy timeout, or PostgreSQL gone away: retryable.
     log.warning("database error: %s", mask(str(exc.orig)))
     return JSONResponse(status_code=503, content={"error": "database_unavailable",
-                                                  "message": "database busy or unreachable; retry"})
+                                                  "message": "database busy or unreachable; retry"},
+                        headers=_RETRY)
+
+
+# A pool wait or a locked database clears within seconds: clients are told when to retry.
+_RETRY = {"Retry-After": "2"}
+
+
+def _pool_timeout_handler(_request: Request, exc: PoolTimeout) -> JSONResponse:
+    # Every pooled connection stayed in use for db.POOL_TIMEOUT_S: overload, answered as such
+    # (it was a 500 after 30 s, issue 18). No connection is held across network I/O.
+    log.warning("database connection pool exhausted: %s", exc)
+    return JSONResponse(status_code=503, content={"error": "database_busy",
+                                                  "message": "all database connections are busy; retry"},
+                        headers=_RETRY)
+
+
+def _stale_data_handler(request: Request, exc: StaleDataError | InvalidRequestError) -> JSONResponse:
+    # Another request updated or deleted the row between our read and our write, or between our
+    # write and the re-read after it (PATCH and DELETE of one rack at once): the client's view is
+    # stale, not the server broken. SQLAlchemy says the latter only in the text of a generic
+    # InvalidRequestError; any other one is a bug (500).
+    if not isinstance(exc, StaleDataError) and not str(exc).startswith("Could not refresh instance"):
+        return _unexpected_handler(request, exc)
+    log.info("concurrent change: %s", mask(str(exc)))
+    return JSONResponse(status_code=409, content={"error": "conflict",
+                                                  "message": "changed concurrently by another request; retry"})
 
 
 def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -131,6 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ProvError, _prov_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _db_busy_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(PoolTimeout, _pool_timeout_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StaleDataError, _stale_data_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(InvalidRequestError, _stale_data_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_handler)
     app.state.metrics = Metrics()
     # The last added is the outermost: metrics see every response (413s too); the body limit

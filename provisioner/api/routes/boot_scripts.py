@@ -12,7 +12,8 @@ from fastapi.responses import PlainTextResponse
 
 from provisioner.api.deps import SessionDep, SettingsDep
 from provisioner.conductor import netboot
-from provisioner.errors import NotFound
+from provisioner.errors import InvalidInput, NotFound
+from provisioner.validators import normalize_mac
 
 PUBLIC = True
 router = APIRouter(prefix="/boot", tags=["boot"])
@@ -31,8 +32,14 @@ def boot_ipxe(settings: SettingsDep, request: Request) -> PlainTextResponse:
             responses={404: {"description": "unknown MAC (unknown_mac_action=ignore)"},
                        422: {"description": "not a MAC address"}})
 def host_ipxe(mac: str, session: SessionDep, settings: SettingsDep, request: Request) -> PlainTextResponse:
+    # Public route: its errors never echo the MAC it was given, even a valid one (a reply that
+    # echoed input was an oracle for stored BMC passwords, issue 18; api/error_text.py).
+    try:
+        mac = normalize_mac(mac)
+    except ValueError:
+        raise InvalidInput(field="mac", reason="not a MAC address (expected aa:bb:cc:dd:ee:ff)") from None
     settings = netboot.settings_for_request(settings, str(request.base_url))
     text = netboot.boot_config_for_mac(session, mac, "ipxe", settings)
     if text is None:
-        raise NotFound(kind="boot script for MAC", name=mac)
+        raise NotFound("no boot script for this MAC address", kind="boot script for MAC")
     return PlainTextResponse(text, headers=_NO_STORE)

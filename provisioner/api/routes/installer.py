@@ -144,7 +144,9 @@ def _parse_event(raw: bytes) -> install_callbacks.InstallEvent:
         body = EventBody.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        loc = err.get("loc", ())
+        # Only a field of ours is named: a key the client made up is never echoed (issue 18).
+        field = str(loc[0]) if loc and loc[0] in EventBody.model_fields else "body"
         raise InvalidInput(field=field, reason=mask(str(err.get("msg", "invalid")))) from exc
     return install_callbacks.InstallEvent(event=body.event, message=body.message, progress=body.progress)
 
