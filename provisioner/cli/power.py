@@ -1,12 +1,19 @@
 """``prov host power|bootdev|verify`` and ``prov rack power``: BMC actions through the REST API.
 
 Every command exits non-zero when any host failed, so scripts can rely on it.
+A command that waits on a BMC for longer than ``PROGRESS_AFTER`` shows a one-line
+spinner with the elapsed time on stderr when stderr is a terminal (never in pipes
+or logs): a silent BMC costs its whole deadline, times the retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -21,6 +28,9 @@ from provisioner.errors import ProvError
 RESULT_COLUMNS = ["host", "action", "ok", "power_state", "error", "message", "attempts", "seconds"]
 # How often the CLI asks for a rack task's progress.
 POLL_INTERVAL = 0.5
+# A BMC call that takes longer than this gets the spinner (a healthy one answers well before).
+PROGRESS_AFTER = 0.5
+_FRAMES = "|/-\\"
 
 
 class HostPowerVerb(enum.StrEnum):
@@ -64,9 +74,42 @@ def _finish(rows: list[dict[str, Any]], output: OutputFormat, title: str | None 
         raise typer.Exit(6)
 
 
-def _one(c: ProvClient, name: str, fn: Any) -> dict[str, Any]:
+@contextlib.contextmanager
+def waiting(label: str) -> Iterator[None]:
+    """'| power status n0: waiting for the BMC 1.3s' on stderr while the block runs (TTY only)."""
+    stream = sys.stderr
+    if not getattr(stream, "isatty", lambda: False)():
+        yield
+        return
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def spin() -> None:
+        if done.wait(PROGRESS_AFTER):
+            return
+        i = 0
+        while True:
+            stream.write(f"\r{_FRAMES[i % len(_FRAMES)]} {label}: waiting for the BMC {time.monotonic() - t0:.1f}s")
+            stream.flush()
+            i += 1
+            if done.wait(0.1):
+                break
+        stream.write("\r\033[K")  # leave the line as it was: the result follows
+        stream.flush()
+
+    spinner = threading.Thread(target=spin, name="prov-cli-spinner", daemon=True)
+    spinner.start()
     try:
-        return dict(fn(c, name))
+        yield
+    finally:
+        done.set()
+        spinner.join()
+
+
+def _one(c: ProvClient, name: str, fn: Any, label: str = "") -> dict[str, Any]:
+    try:
+        with waiting(f"{label} {name}".strip()):
+            return dict(fn(c, name))
     except ProvError as exc:  # e.g. unknown host: a failed row, not an abort of the others
         return {"host": name, "ok": False, "error": exc.code, "message": exc.message}
 
@@ -82,10 +125,11 @@ def host_power(
     """Power hosts on/off/cycle, or show their power state (asks the BMC now)."""
     with client() as c:
         if action == HostPowerVerb.status:
-            rows = [_one(c, n, lambda cl, n: cl.get(_host(n, "power"))) for n in names]
+            rows = [_one(c, n, lambda cl, n: cl.get(_host(n, "power")), "power status") for n in names]
         else:
             body = {"action": action.value, "wait": not no_wait}
-            rows = [_one(c, n, lambda cl, n: cl.post(_host(n, "power"), json=body)) for n in names]
+            rows = [_one(c, n, lambda cl, n: cl.post(_host(n, "power"), json=body), f"power {action.value}")
+                    for n in names]
     _finish(rows, output)
 
 
@@ -102,7 +146,8 @@ def host_bootdev(
     """Set the boot device (once by default)."""
     body = {"device": device.value, "persistent": persistent, "uefi": uefi}
     with client() as c:
-        rows = [_one(c, n, lambda cl, n: cl.put(_host(n, "boot-device"), json=body)) for n in names]
+        rows = [_one(c, n, lambda cl, n: cl.put(_host(n, "boot-device"), json=body), f"bootdev {device.value}")
+                for n in names]
     _finish(rows, output)
 
 
@@ -116,7 +161,7 @@ def host_verify(
     with client() as c:
         rows = []
         for n in names:
-            r = _one(c, n, lambda cl, n: cl.post(_host(n, "verify")))
+            r = _one(c, n, lambda cl, n: cl.post(_host(n, "verify")), "verify")
             r.setdefault("host", n)
             r["ok"] = r.get("state") == "available"
             rows.append(r)

@@ -3,6 +3,7 @@ and by the chassis-control script's state files."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -115,11 +116,16 @@ def test_wrong_password_is_an_auth_error_without_retries(settings: Settings, ser
     assert events(settings, hid)[-1].event == "power-error"
 
 
-def test_dead_port_times_out_within_the_bound(settings: Settings, service: PowerService) -> None:
-    hid = add_host(settings, "ghost", port=free_udp_port(), password="pw-0123456789",
+def test_silent_bmc_times_out_within_the_bound(settings: Settings, service: PowerService) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # receives, never answers
+    silent.bind(("127.0.0.1", 0))
+    hid = add_host(settings, "ghost", port=silent.getsockname()[1], password="pw-0123456789",
                    options={**SUITE3, "timeout": 1.0})
     t0 = time.monotonic()
-    res = service.get_power(hid)
+    try:
+        res = service.get_power(hid)
+    finally:
+        silent.close()
     elapsed = time.monotonic() - t0
     # 2 attempts x 1 s bound + one backoff (0.5-0.75 s) + slack; pyghmi alone would block ~30 s
     assert res.error == "bmc_timeout" and res.attempts == 2
@@ -142,9 +148,10 @@ def test_simulator_killed_mid_operation_leaves_a_clear_error(settings: Settings,
     finally:
         killer.join()
     assert sim.log() == ["held power 1"]
-    assert not res.ok and res.error == "bmc_timeout"
+    # the dead simulator's port answers ICMP port unreachable: said as such, not as a timeout
+    assert not res.ok and res.error == "bmc_unreachable"
     host = get_host(settings, hid)
-    assert host.bmc_error is not None and "bmc_timeout" in host.bmc_error
+    assert host.bmc_error is not None and "bmc_unreachable" in host.bmc_error and "port unreachable" in host.bmc_error
     last = events(settings, hid)[-1]
     assert last.event == "power-error" and "power on failed" in last.message
 
@@ -160,7 +167,7 @@ def test_rack_bulk_power_and_status(settings: Settings, service: PowerService,
              options={**SUITE3, "timeout": 0.5}, rack_id=rack)
     results = power_mod.rack_power_action(rack, "on", settings=settings)
     assert [r.ok for r in results] == [True] * 5 + [False]
-    assert results[-1].error == "bmc_timeout"
+    assert results[-1].error == "bmc_unreachable"  # a closed port: ICMP port unreachable
     assert all(s.ipmitool_power() == "on" for s in sims)
     status = power_mod.rack_get_power(rack, settings=settings)
     assert [r.power_state for r in status[:5]] == ["on"] * 5
