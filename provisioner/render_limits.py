@@ -22,7 +22,7 @@ import string
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -44,10 +44,8 @@ class Limits:
     int_bits: int = 4096  # an integer result of + - * ** (about 1,200 decimal digits)
     call_depth: int = 40  # nested macro / caller() / recursive loop calls
     block_nesting: int = 16  # nested {% for %} / {% if %} / {% macro %}... (Python stops at 20 loops)
-    node_depth: int = 96  # nesting of the whole syntax tree (expressions included)
-
-    def with_seconds(self, seconds: float) -> Limits:
-        return replace(self, seconds=seconds)
+    node_depth: int = 150  # nesting of the syntax tree (a + b + c... nests one level per term; Python's
+    # parser stops at 200 nested parentheses in the code Jinja generates)
 
 
 DEFAULT_LIMITS = Limits()

@@ -183,3 +183,10 @@ def test_hostile_upload_does_not_stop_the_api(tmp_path):
         assert body["error"] == "template_error" and body["template"] == "ipxe/evil"
         assert "loop iterations" in body["reason"]
         assert httpx.get(f"{ctl.url}/api/v1/templates/ipxe/evil", headers=headers).status_code == 404
+
+
+def test_long_but_flat_templates_are_not_mistaken_for_deep_ones():
+    elifs = "{% if x == 0 %}0" + "".join(f"{{% elif x == {i} %}}{i}" for i in range(1, 60)) + "{% endif %}"
+    assert render_string(elifs, {"x": 42}) == "42"
+    assert render_string("{{ " + " + ".join(["x"] * 120) + " }}", {"x": 1}) == "120"
+    assert render_string("{{ " + " ~ ".join(["x"] * 500) + " }}", {"x": "a"}) == "a" * 500
