@@ -5,6 +5,10 @@ and the status code of the RMCP+ session set-up messages (Open Session, RAKP
 2/4; IPMI 2.0 table 13-15). pyghmi turns both into English text and often drops
 the number; ipmi.py maps its text back (through pyghmi's own tables) and
 ``describe_completion``/``rmcp_kind`` give the message and the class.
+
+``worker_error`` then turns a worker's (kind, reason) plus what the wire probe
+saw (ipmi_probe.py) into the error class and its message: the probe outranks
+pyghmi, which never sees ICMP errors.
 """
 
 from __future__ import annotations
