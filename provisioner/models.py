@@ -88,6 +88,8 @@ class Host(SQLModel, table=True):
     netboot: bool = Field(default=False)  # does DHCP/iPXE hand this host an installer?
     install_token_hash: str | None = Field(default=None, max_length=128)
     install_token_expires: datetime | None = None
+    # The same token, Fernet-encrypted: a boot-script re-fetch renders it again (conductor/netboot.py)
+    install_token_enc: str | None = Field(default=None, sa_column=Column(Text))
     ip_address: str | None = Field(default=None, max_length=64)
     ssh_host_key: str | None = Field(default=None, sa_column=Column(Text))
     installed_at: datetime | None = None

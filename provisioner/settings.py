@@ -117,6 +117,23 @@ class Settings(BaseSettings):
     # Install tokens
     install_token_ttl: float = 7200.0
 
+    # Rate limits per source address on the unauthenticated surfaces (provisioner/ratelimit.py):
+    # a bucket of `burst` requests refilled at `rate` per second; beyond it, 429 + Retry-After
+    # (TFTP per-MAC configs: "file not found"). Generous on purpose: one PXE boot fetches a
+    # handful of scripts and files, and a lab's guests all arrive from its forwarder's address.
+    # rate 0 turns a limit off; `rate_limit_exempt` lists networks never limited (none: loopback
+    # is limited like any other address); at most `rate_limit_addresses` are tracked (LRU).
+    # /boot/boot.ipxe, /boot/ipxe/{mac}, TFTP per-MAC configs: 2/s also bounds the history lines
+    # a flood of an installing host's script can write (one per fetch, conductor/netboot.py)
+    rate_limit_boot_rate: float = 2.0
+    rate_limit_boot_burst: int = 120
+    rate_limit_files_rate: float = 10.0  # /boot/files/... (one large request per kernel or image)
+    rate_limit_files_burst: int = 120
+    rate_limit_install_rate: float = 20.0  # /install/v1/... (config, files, reports)
+    rate_limit_install_burst: int = 300
+    rate_limit_addresses: int = 10_000
+    rate_limit_exempt: list[str] = []
+
     # KVM guests (drivers/virt): the controller's own libvirt ("--host local"), where guests'
     # serial logs go (default /var/log/libvirt/qemu), and the NAT network/pool made on demand.
     virt_uri: str = "qemu:///system"

@@ -102,7 +102,7 @@ def _prov_error_handler(request: Request, exc: ProvError) -> JSONResponse:
 
 
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "body_too_large", 415: "unsupported_media_type"}
+               413: "body_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
 
 
 def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:

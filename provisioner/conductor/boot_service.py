@@ -30,6 +30,7 @@ from provisioner.drivers.boot.network import NetworkBoot
 from provisioner.drivers.boot.tftp import DynamicHook, TftpNotFound, match_dynamic
 from provisioner.errors import InvalidInput
 from provisioner.models import Host, Nic
+from provisioner.ratelimit import RateLimiter
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,15 +71,25 @@ def sync_dhcp_hosts(boot: BootInterface, settings: Settings) -> int:
 
 
 def tftp_hook(settings: Settings, boot: BootInterface) -> DynamicHook:
-    """The TFTP server's per-MAC hook: pxelinux/GRUB configs by the netboot policy."""
+    """The TFTP server's per-MAC hook: pxelinux/GRUB configs by the netboot policy.
 
-    def hook(rel: str, _peer: tuple[str, int]) -> bytes | None:
+    Rate-limited per client address like the HTTP boot scripts (each answer reads the database
+    and, for an installing host, writes a history line); over the limit: "file not found".
+    """
+    limiter = RateLimiter(settings.rate_limit_boot_rate, settings.rate_limit_boot_burst,
+                          settings.rate_limit_addresses, settings.rate_limit_exempt)
+
+    def hook(rel: str, peer: tuple[str, int]) -> bytes | None:
         found = match_dynamic(rel)
         if found is None:
             return None
+        if limiter.check(peer[0]) > 0:
+            # debug: the TFTP server already logs every refusal, and a flood must not double that
+            log.debug("tftp: %s asked for %s too often: refused (rate limit)", peer[0], rel)
+            raise TftpNotFound(rel)
         kind, mac = found
         with session_scope(settings) as session:
-            text = netboot.boot_config_for_mac(session, mac, kind, settings, boot=boot)
+            text = netboot.boot_config_for_mac(session, mac, kind, settings, boot=boot, source=peer[0])
         if text is None:
             raise TftpNotFound(rel)  # unknown MAC or netboot off: nothing, never an installer
         return text.encode()

@@ -237,7 +237,9 @@ def _step_netboot_on(ctx: TaskContext, actor: str) -> None:
         assert host is not None
         host.netboot = True
         s.add(host)
-        install_tokens.mint(s, host, ctx.settings)  # commits; the token reaches the host via its boot script
+        # The one mint of this boot (commits): every boot-script fetch from here to done/fail renders
+        # this same token again, and none replaces it (conductor/netboot.py).
+        install_tokens.mint(s, host, ctx.settings)
     sync_dhcp(ctx.host_id or 0, ctx.settings)
     ctx.history("netboot on: this host's next network boot gets its installer", event="netboot-on")
 

@@ -1,11 +1,20 @@
-"""One-time install tokens: minted per install boot, checked on every installer callback.
+"""One-time install tokens: one per install boot, checked on every installer callback.
 
-A token is ``<host id>.<random>``. Only its SHA-256 and an expiry are stored on
-the host row, so a database dump cannot be replayed against the install routes.
-The host id prefix lets ``verify`` load exactly one row and compare digests in
-constant time (``hmac.compare_digest``) instead of looking the secret up by
-value, which would leak timing through the index. Minting again replaces the
-previous hash, so every older token of that host stops working at once.
+A token is ``<host id>.<random>``. The host row keeps its SHA-256 (what ``verify``
+compares), its expiry and a Fernet ciphertext of the token itself (the key that
+encrypts BMC passwords, secret_store). The host id prefix lets ``verify`` load
+exactly one row and compare digests in constant time (``hmac.compare_digest``)
+instead of looking the secret up by value, which would leak timing through the
+index. A database dump without the secret key cannot be replayed.
+
+The token is bound to the boot, not to a fetch of the boot script (issue 18:
+each anonymous ``GET /boot/ipxe/{mac}`` used to mint a new token and so revoke
+the running installer's one). ``mint`` is called once per netboot-on (the
+install workflow's netboot-on step); every boot-script fetch after that gets
+the same token back from its ciphertext (``for_boot``), which mints nothing and
+revokes nothing. Minting again replaces the previous hash, so every older token
+of that host stops working at once; ``revoke`` (done, error, fail, abort)
+forgets hash and ciphertext together. conductor/netboot.py explains the choice.
 """
 
 from __future__ import annotations
@@ -14,10 +23,13 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlmodel import Session
+from sqlalchemy import or_, update
+from sqlmodel import Session, col
 
+from provisioner import secret_store
 from provisioner.errors import Forbidden
 from provisioner.models import Host, utcnow
 from provisioner.settings import Settings, get_settings
@@ -35,18 +47,92 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _new_token(host_id: int, s: Settings) -> tuple[str, dict[str, str | datetime]]:
+    """A fresh token and the host columns that store it (digest, ciphertext, expiry)."""
+    token = f"{host_id}.{secrets.token_urlsafe(_TOKEN_BYTES)}"
+    return token, {"install_token_hash": _digest(token),
+                   "install_token_enc": secret_store.encrypt(token, s),  # registers it with the log masker
+                   "install_token_expires": utcnow() + timedelta(seconds=s.install_token_ttl)}
+
+
 def mint(session: Session, host: Host, settings: Settings | None = None) -> str:
-    """Create a fresh token for ``host`` (invalidating any earlier one) and commit."""
+    """Create a fresh token for ``host`` (invalidating any earlier one) and commit.
+
+    Called once per netboot-on; a boot-script fetch never calls it while a token is live.
+    """
     s = settings or get_settings()
     if host.id is None:
         raise ValueError("host must be saved before a token is minted")
-    token = f"{host.id}.{secrets.token_urlsafe(_TOKEN_BYTES)}"
-    host.install_token_hash = _digest(token)
-    host.install_token_expires = utcnow() + timedelta(seconds=s.install_token_ttl)
+    token, columns = _new_token(host.id, s)
+    for name, value in columns.items():
+        setattr(host, name, value)
     session.add(host)
     session.commit()
     session.refresh(host)
     return token
+
+
+def _live(host: Host) -> bool:
+    """Does the host hold a token that ``verify`` would still accept?"""
+    expires = host.install_token_expires
+    return bool(host.install_token_hash) and expires is not None and expires > utcnow()
+
+
+def issued(host: Host, settings: Settings | None = None) -> str | None:
+    """The host's live token in plain text (from its ciphertext), or None.
+
+    None also when the ciphertext is missing (a token minted before it was stored), cannot be
+    decrypted (the secret key changed) or does not match the stored digest.
+    """
+    if not _live(host) or not host.install_token_enc:
+        return None
+    try:
+        token = secret_store.decrypt(host.install_token_enc, settings or get_settings())
+    except secret_store.SecretKeyError:
+        return None
+    return token if hmac.compare_digest(_digest(token), host.install_token_hash or "") else None
+
+
+@dataclass(frozen=True)
+class BootToken:
+    """What a boot script of an installing host may carry.
+
+    ``token`` None: the host holds a live token that cannot be shown again; it is left alone
+    (revoking it would break the installer that has it), and the boot gets no installer.
+    """
+
+    token: str | None
+    minted: bool = False
+
+
+def for_boot(session: Session, host: Host, settings: Settings | None = None) -> BootToken:
+    """The token of this install boot: the live one again, or (none live) a fresh one.
+
+    Never replaces a live token. A fresh one is minted only when the host has none that
+    ``verify`` would accept (netboot turned on without a mint, or the last one expired), with a
+    compare-and-set so two first fetches at once agree on one token instead of one revoking the
+    other's.
+    """
+    s = settings or get_settings()
+    token = issued(host, s)
+    if token is not None:
+        return BootToken(token)
+    if _live(host):
+        return BootToken(None)
+    assert host.id is not None
+    token, columns = _new_token(host.id, s)
+    result = session.execute(
+        update(Host)
+        .where(col(Host.id) == host.id)
+        .where(or_(col(Host.install_token_hash).is_(None), col(Host.install_token_expires).is_(None),
+                   col(Host.install_token_expires) <= utcnow()))
+        .values(**columns)
+    )
+    session.commit()
+    session.refresh(host)
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return BootToken(token, minted=True)
+    return BootToken(issued(host, s))  # another fetch minted first: its token is this boot's
 
 
 # Host ids are 32-bit integer columns (PostgreSQL int4); a larger number names no host.
@@ -85,8 +171,9 @@ def verify(session: Session, token: str) -> Host:
 
 
 def revoke(session: Session, host: Host, *, commit: bool = True) -> None:
-    """Forget the host's token: every later use of it gets 403."""
+    """Forget the host's token (digest and ciphertext): every later use of it gets 403."""
     host.install_token_hash = None
+    host.install_token_enc = None
     host.install_token_expires = None
     session.add(host)
     if commit:

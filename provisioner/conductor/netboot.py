@@ -8,9 +8,43 @@ or a discovery script (``settings.unknown_mac_action``), never an installer.
 That is what makes a reinstall loop impossible: "done" turns netboot off and
 moves the host out of install-wait, so the next PXE boot is a local boot.
 
-An install boot mints the host's one-time token (install_tokens.mint), which
-replaces any earlier token: only the hash is stored, so the token can only be
-put on the command line at the moment the boot config is rendered.
+The install token belongs to the boot, not to a fetch
+-----------------------------------------------------
+Boot scripts are public (firmware carries no credential), so anyone on the
+provisioning network who knows an installing host's MAC can fetch its script.
+Until issue 18 every fetch minted a new token and so revoked the previous one:
+a stranger got a working token *and* the real installer was locked out (403).
+
+Now the token is minted once per netboot-on (the install workflow's netboot-on
+step, install_tokens.mint; lazily on the first fetch if netboot was turned on
+without one) and every later fetch of the boot script, over HTTP or as a
+pxelinux/GRUB per-MAC config over TFTP, renders *the same* token again from its
+ciphertext (install_tokens.for_boot): no fetch mints while a token is live, and
+no fetch revokes. The token still dies only where it did: install done, error,
+failure, abort (install_tokens.revoke), and at its expiry.
+
+Why re-render rather than hand the token out on the first fetch only: a
+firmware retry (a lost TCP segment, iPXE's own retries), a machine reset during
+the installer's start, or a second boot NIC asking are ordinary, and a boot
+that got a "boot locally" script instead would stall until the install-wait
+deadline and fail. Re-rendering means that whoever can fetch the script while
+the host installs can read the token; that is inherent to PXE (the installer
+fetches its config over plain HTTP on the same network, so a listener there
+sees the token anyway), and what matters is that the fetch takes nothing away
+from the real installer. The exposure is bounded:
+
+* only while the host is installing / install-wait with netboot on (no script
+  carries a token before netboot-on or after done/failure);
+* the token opens only that host's install routes, only in those states, and
+  dies at done/error/abort/expiry (install_tokens.verify);
+* every fetch that carries the token leaves a history line with the address
+  it came from, so a stranger's fetch is visible where the operator looks;
+* boot scripts, install callbacks and TFTP per-MAC configs are rate-limited
+  per source address (provisioner/ratelimit.py).
+
+A host whose live token cannot be rendered again (minted before tokens were
+stored encrypted, or the secret key changed) gets a local-boot config and a
+history line: its token is never replaced by an anonymous fetch.
 
 The rendering itself is the boot driver's (``BootInterface.render_config``);
 every function takes one as ``boot`` (a fake in unit tests), the shipped
@@ -19,6 +53,7 @@ every function takes one as ``boot`` (a fake in unit tests), the shipped
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -33,7 +68,7 @@ from provisioner.drivers.boot.base import BootInterface
 from provisioner.drivers.boot.http import resolve_boot_file
 from provisioner.drivers.boot.network import NetworkBoot
 from provisioner.errors import InvalidInput
-from provisioner.models import Host
+from provisioner.models import Event, Host
 from provisioner.settings import Settings, get_settings
 from provisioner.validators import normalize_mac
 
@@ -63,11 +98,12 @@ def settings_for_request(settings: Settings, request_base: str) -> Settings:
 
 
 def boot_config_for_mac(session: Session, mac: str, kind: str, settings: Settings | None = None, *,
-                        boot: BootInterface | None = None) -> str | None:
+                        boot: BootInterface | None = None, source: str | None = None) -> str | None:
     """The boot config a machine with ``mac`` gets for ``kind`` (ipxe, pxelinux, grub), or None.
 
-    None means "serve nothing" (unknown MAC with unknown_mac_action=ignore).
-    An install config mints a fresh one-time token for the host.
+    None means "serve nothing" (unknown MAC with unknown_mac_action=ignore). An install config
+    carries this boot's token (the live one again, or a fresh one if none is live: never a
+    replacement for a live one); ``source`` is the address that asked, for the history line.
     """
     s = settings or get_settings()
     b = boot or NetworkBoot(s)
@@ -85,15 +121,41 @@ def boot_config_for_mac(session: Session, mac: str, kind: str, settings: Setting
         return None
     if install_allowed(host):
         # Render with a placeholder first so a broken template or bad profile
-        # fails before a token is minted (minting kills the previous token).
+        # fails before a token is minted.
         b.render_config(kind, "install", boot_context(session, host, s, mac=norm))
-        token = install_tokens.mint(session, host, s)
-        ctx = boot_context(session, host, s, token=token, mac=norm)
-        log.info("boot: %s (%s) gets the %s install config", host.name, norm, kind)
-        return b.render_config(kind, "install", ctx)
+        got = install_tokens.for_boot(session, host, s)
+        where = _address(source)
+        if got.token is None:
+            _note(session, host, f"{kind} boot config fetched from {where}: this install's token cannot be "
+                                 "shown again (minted before tokens were stored encrypted, or the secret key "
+                                 "changed); local boot, the token is left alone")
+            log.warning("boot: %s (%s) asked for its %s install config from %s: token not re-issuable, "
+                        "local boot", host.name, norm, kind, where)
+            return b.render_config(kind, "local", boot_context(session, host, s, mac=norm))
+        text = b.render_config(kind, "install", boot_context(session, host, s, token=got.token, mac=norm))
+        how = "minted on this first fetch" if got.minted else "sent again: nothing minted or revoked"
+        _note(session, host, f"{kind} boot config fetched from {where}: install config with this boot's "
+                             f"token ({how})")
+        log.info("boot: %s (%s) gets the %s install config (from %s)", host.name, norm, kind, where)
+        return text
     log.info("boot: %s (%s) gets the %s local-boot config (netboot %s, state %s)", host.name, norm, kind,
              "on" if host.netboot else "off", host.state)
     return b.render_config(kind, "local", boot_context(session, host, s, mac=norm))
+
+
+def _address(source: str | None) -> str:
+    """``source`` if it is an IP address (it may come from a proxy header), else a fixed word."""
+    if not source:
+        return "an unknown address"
+    try:
+        return str(ipaddress.ip_address(source))
+    except ValueError:
+        return "an unknown address"
+
+
+def _note(session: Session, host: Host, message: str) -> None:
+    session.add(Event(host_id=host.id, event="boot-fetch", message=message, actor="boot"))
+    session.commit()
 
 
 def preview_boot_config(session: Session, host: Host, kind: str, settings: Settings | None = None, *,

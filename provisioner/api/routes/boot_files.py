@@ -8,14 +8,15 @@ token-checked ``/install/v1`` routes instead.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from provisioner.api.deps import SettingsDep
+from provisioner.api.ratelimit import RESPONSE, limit
 from provisioner.conductor import netboot
 
 PUBLIC = True
-router = APIRouter(tags=["boot"])
+router = APIRouter(tags=["boot"], dependencies=[Depends(limit("files"))], responses=RESPONSE)
 
 
 @router.api_route("/boot/files/{path:path}", methods=["GET", "HEAD"], response_class=FileResponse,

@@ -7,16 +7,19 @@ state; local boot otherwise; unknown MACs nothing or discovery).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from provisioner.api.deps import SessionDep, SettingsDep
+from provisioner.api.ratelimit import RESPONSE, limit
 from provisioner.conductor import netboot
 from provisioner.errors import InvalidInput, NotFound
 from provisioner.validators import normalize_mac
 
 PUBLIC = True
-router = APIRouter(prefix="/boot", tags=["boot"])
+# Rate-limited per source address (api/ratelimit.py): each fetch of an installing host's script
+# reads the database and writes a history line.
+router = APIRouter(prefix="/boot", tags=["boot"], dependencies=[Depends(limit("boot"))], responses=RESPONSE)
 
 # Boot scripts hold one-time tokens and change with the host's state: never cache.
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -39,7 +42,8 @@ def host_ipxe(mac: str, session: SessionDep, settings: SettingsDep, request: Req
     except ValueError:
         raise InvalidInput(field="mac", reason="not a MAC address (expected aa:bb:cc:dd:ee:ff)") from None
     settings = netboot.settings_for_request(settings, str(request.base_url))
-    text = netboot.boot_config_for_mac(session, mac, "ipxe", settings)
+    text = netboot.boot_config_for_mac(session, mac, "ipxe", settings,
+                                       source=request.client.host if request.client else None)
     if text is None:
         raise NotFound("no boot script for this MAC address", kind="boot script for MAC")
     return PlainTextResponse(text, headers=_NO_STORE)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, SettingsDep
+from provisioner.api.ratelimit import RESPONSE, limit
 from provisioner.conductor import image_deploy, install_callbacks, install_tokens, netboot
 from provisioner.errors import Conflict, InvalidInput
 from provisioner.models import Event, Host, Profile
@@ -33,8 +34,11 @@ PUBLIC = True
 _RESPONSES: dict[int | str, dict[str, str]] = {
     403: {"description": "install token invalid, expired or already used"},
     409: {"description": "the host is not installing"},
+    **RESPONSE,
 }
-router = APIRouter(prefix="/install/v1", tags=["install"], responses=_RESPONSES)
+# Rate-limited per source address before the token is even looked at (api/ratelimit.py).
+router = APIRouter(prefix="/install/v1", tags=["install"], responses=_RESPONSES,
+                   dependencies=[Depends(limit("install"))])
 
 # An installer's report is a line of text; 16 KiB is generous and keeps a
 # misbehaving (or hostile) client from filling the history table.
