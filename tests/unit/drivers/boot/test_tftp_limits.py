@@ -20,6 +20,7 @@ import pytest
 
 from provisioner.drivers.boot import tftp as T
 from provisioner.drivers.boot.netascii import CHUNK, NetasciiFile, convert
+from provisioner.drivers.boot.tftp_packets import negotiate
 from tests.unit.drivers.boot.test_tftp_server import ACK, DATA, ERROR, OACK, fetch, rrq
 
 SMALL = 70_000
@@ -277,6 +278,6 @@ def test_prov_serve_takes_its_limits_from_the_settings(tmp_path):
     srv = T.serve(s)
     try:
         assert (srv.cfg.max_per_client, srv.cfg.max_client_timeout) == (3, 2)
-        assert T.negotiate({"timeout": "3"}, 1, srv.cfg)[0] == {}
+        assert negotiate({"timeout": "3"}, 1, srv.cfg)[0] == {}
     finally:
         srv.stop()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.drivers.boot import tftp as T
+from provisioner.drivers.boot.tftp_packets import MAX_BLKSIZE, negotiate
+from provisioner.errors import BootError
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 
@@ -257,11 +259,11 @@ def test_block_number_rollover(tmp_path):
 
 def test_negotiate_clamps():
     cfg = T.TftpConfig(root=Path("/"), max_windowsize=16)
-    oack, blk, to, win = T.negotiate({"blksize": "100000", "windowsize": "999", "timeout": "0", "tsize": "0"}, 7, cfg)
-    assert (blk, win, to) == (T.MAX_BLKSIZE, 16, cfg.timeout)
-    assert oack == {"blksize": str(T.MAX_BLKSIZE), "windowsize": "16", "tsize": "7"}
+    oack, blk, to, win = negotiate({"blksize": "100000", "windowsize": "999", "timeout": "0", "tsize": "0"}, 7, cfg)
+    assert (blk, win, to) == (MAX_BLKSIZE, 16, cfg.timeout)
+    assert oack == {"blksize": str(MAX_BLKSIZE), "windowsize": "16", "tsize": "7"}
 
 
 def test_busy_port_is_a_boot_error():
-    with T.TftpServer(T.TftpConfig(root=Path("/tmp"), port=0)) as srv, pytest.raises(T.BootError):
+    with T.TftpServer(T.TftpConfig(root=Path("/tmp"), port=0)) as srv, pytest.raises(BootError):
         T.TftpServer(T.TftpConfig(root=Path("/tmp"), port=srv.port, host="127.0.0.1"))

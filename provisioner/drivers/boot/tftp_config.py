@@ -1,0 +1,49 @@
+"""What a TFTP server is given (TftpConfig, the per-MAC dynamic hook) and what it reports (TransferRecord)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner.drivers.boot.tftp_packets import MAX_BLKSIZE
+
+DynamicHook = Callable[[str, tuple[str, int]], bytes | None]
+
+
+class TftpNotFound(Exception):
+    """Raised by a dynamic hook: "this path is mine and there is nothing to serve"."""
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    """One finished (or failed) transfer; logged and handed to ``on_transfer``."""
+
+    client: str
+    filename: str
+    bytes_sent: int
+    duration: float
+    blksize: int
+    windowsize: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class TftpConfig:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 69
+    timeout: float = 1.0  # seconds before a block is resent, unless the client asks (RFC 2349)
+    retries: int = 6  # resends of the same window before giving up
+    # resends of the first packet (OACK or DATA 1) that nobody acknowledged: a silent RRQ is cheap
+    first_retries: int = 2
+    max_transfers: int = 512  # concurrent transfers; beyond: ERROR "server busy" (after shedding)
+    max_per_client: int = 8  # concurrent transfers from one client address (after shedding)
+    max_client_timeout: int = 5  # the largest ``timeout`` option we acknowledge (RFC 2349 allows 255)
+    max_blksize: int = MAX_BLKSIZE
+    max_windowsize: int = 64  # a bound on how much we blast before an ACK
+    socket_buffer: int = 4 * 1024 * 1024  # SO_SNDBUF/SO_RCVBUF for transfer sockets
+    dynamic: DynamicHook | None = None
+    on_transfer: Callable[[TransferRecord], None] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
