@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from provisioner.conductor import power as power_service  # noqa: E402
-from provisioner.drivers.power import ipmi  # noqa: E402
+from provisioner.drivers.power import ipmi, ipmi_pool  # noqa: E402
 from provisioner.drivers.power.base import BmcSpec, PowerState  # noqa: E402
 from tests.support.power import IpmiSim, add_host, add_rack, power_settings  # noqa: E402
 
@@ -142,7 +142,7 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.environ["PROV_IPMI_WORKERS"] = str(args.workers)
-    ipmi.get_pool(args.workers)
+    ipmi_pool.get_pool(args.workers)
     report = []
     for n in args.bmcs:
         with tempfile.TemporaryDirectory(prefix="prov-bench-power-") as d:
@@ -175,8 +175,8 @@ def main() -> None:
             finally:
                 for s in sims:
                     s.kill()
-                ipmi.shutdown_pool()
-                ipmi.get_pool(args.workers)
+                ipmi_pool.shutdown_pool()
+                ipmi_pool.get_pool(args.workers)
             row = {
                 "bmcs": n,
                 "loadavg_1m_before": round(load0, 1),
@@ -210,7 +210,7 @@ def main() -> None:
                       f"serial/prov-service {row['ratio_serial_over_prov_service']}x", flush=True)
     if args.json:
         print(json.dumps(report, indent=2))
-    ipmi.shutdown_pool()
+    ipmi_pool.shutdown_pool()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 
 from provisioner.conductor import power as power_mod
 from provisioner.conductor.power import PowerService
-from provisioner.drivers.power import ipmi as ipmi_mod
+from provisioner.drivers.power import ipmi_pool
 from provisioner.settings import Settings
 from tests.support.helpers import require_binary
 from tests.support.power import IpmiSim, SushyEmulator, VirtualBmc, power_settings
@@ -53,7 +53,7 @@ def service(settings: Settings) -> Iterator[PowerService]:
 @pytest.fixture(scope="session", autouse=True)
 def _ipmi_pool() -> Iterator[None]:
     yield
-    ipmi_mod.shutdown_pool()
+    ipmi_pool.shutdown_pool()
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.drivers.power import available_kinds, get_driver
-from provisioner.drivers.power import ipmi as ipmi_mod
+from provisioner.drivers.power import available_kinds, get_driver, ipmi_pool, ipmi_worker
 from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, PowerAction, PowerState
 from provisioner.drivers.power.ipmi import IpmiPower
 from provisioner.drivers.power.manual import ManualPower, OperatorActionRequired
@@ -119,7 +118,7 @@ def test_ipmi_error_classification(text: str, code: int, kind: str, reason: str)
             super().__init__(None if text == "None" else text)
             self.ipmicode = code
 
-    got_kind, got_reason = ipmi_mod._classify(Fake())
+    got_kind, got_reason = ipmi_worker._classify(Fake())
     assert got_kind == kind and reason in got_reason
 
 
@@ -140,7 +139,7 @@ def fake_bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Pa
     finally:
         proc.kill()
         proc.wait(5)
-        ipmi_mod.shutdown_pool()
+        ipmi_pool.shutdown_pool()
 
 
 def test_ipmi_driver_against_pyghmi_bmc(fake_bmc: tuple[int, Path]) -> None:
@@ -190,4 +189,4 @@ def test_ipmi_silent_bmc_times_out_within_bound() -> None:
             d.get_power_state()
         assert time.monotonic() - t0 < 1.0
         assert err.value.message == f"BMC 127.0.0.1:{silent.getsockname()[1]}: no answer within 0.6s"
-    ipmi_mod.shutdown_pool()
+    ipmi_pool.shutdown_pool()
