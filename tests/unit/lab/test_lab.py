@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from provisioner.lab import bmc
-from provisioner.lab.lab import Forwarder, Lab, LabSpec
+from provisioner.lab.daemon import Forwarder
+from provisioner.lab.lab import Lab
+from provisioner.lab.spec import LabSpec
 from provisioner.settings import Settings
 
 
@@ -80,7 +82,7 @@ def test_down_without_state_is_a_no_op_and_removes_recorded_boot_files(tmp_path:
 def test_libvirt_choice_prefers_a_running_system_libvirtd_and_never_starts_it(tmp_path: Path,
                                                                                monkeypatch: Any) -> None:
     from provisioner.errors import LabError
-    from provisioner.lab import lab as labmod
+    from provisioner.lab import guests as labmod
 
     answering: set[str] = {labmod.SYSTEM_URI}
     monkeypatch.setattr(labmod, "_virsh_ok", lambda uri: uri in answering)
