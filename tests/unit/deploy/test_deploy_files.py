@@ -1,9 +1,10 @@
 """Static checks of deploy/: Dockerfile (hadolint), compose.yaml, the systemd unit, .dockerignore.
 
-No container engine or systemd runs here, so nothing is built or started:
-hadolint lints the Dockerfile, the compose file is parsed (and run through
-``docker-compose config`` when that client is installed), and the unit goes
-through ``systemd-analyze verify`` when available.
+Fast and without an engine: hadolint lints the Dockerfile, the compose file
+is parsed (and run through ``docker-compose config`` when that client is
+installed), and the unit goes through ``systemd-analyze verify`` when
+available. The image itself is built and run by
+tests/integration/deploy/test_container_image.py.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ def test_dockerfile_shape() -> None:
     assert "gcc" not in runtime_part and "libvirt-dev" not in runtime_part
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert lines[-1] == 'CMD ["serve", "--host", "0.0.0.0"]' and 'ENTRYPOINT ["prov"]' in lines
+    assert lines[-1] == 'CMD ["serve", "--host", "0.0.0.0"]' and 'ENTRYPOINT ["prov-entrypoint"]' in lines
+    # The base is a build argument (no registry here: a local debootstrap import), used by both stages.
+    assert lines[0].startswith("ARG BASE=") and all(st.split()[1] == "${BASE}" for st in stages)
+    # The package data travels inside the wheel: nothing is copied beside it any more.
+    assert not any(ln.startswith("COPY") and ("templates" in ln or "playbooks" in ln) for ln in lines)
+    assert not any("PROV_TEMPLATES_DIR" in ln or "PROV_PLAYBOOKS_DIR" in ln for ln in lines)
 
 
 def _dockerignore_patterns() -> list[str]:
@@ -82,6 +88,8 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_local_state() -> None:
         "provisioner/migrations/env.py",
         "provisioner/templates/ipxe/x.j2",
         "provisioner/playbooks/site.yml",
+        "provisioner/lab/recipes/build-ramdisk.sh",
+        "deploy/container-entrypoint.sh",
     ]
     for path in copied:
         assert not _ignored(path, patterns), f"{path} is COPY'd by the Dockerfile but excluded by .dockerignore"
