@@ -30,11 +30,11 @@ STUBS = {
     "tee": _RECORD + "cat >/dev/null\n",
     "chmod": _RECORD,
     "rm": _RECORD,
-    # python3 -m venv .venv: a venv whose pip and prov only record their calls.
+    # python3 -m venv DIR: a venv whose pip and prov only record their calls.
     # (absolute chmod: the chmod on PATH is the recording stub)
     "python3": _RECORD
-    + 'mkdir -p .venv/bin\nfor t in pip prov; do printf \'#!/bin/sh\\necho "%s $*" >>"$CALLS"\\n\' "$t" '
-    f'>.venv/bin/$t; {shutil.which("chmod")} 755 .venv/bin/$t; done\nln -s pip .venv/bin/python\n',
+    + 'mkdir -p "$3/bin"\nfor t in pip prov; do printf \'#!/bin/sh\\necho "%s $*" >>"$CALLS"\\n\' "$t" '
+    f'>"$3/bin/$t"; {shutil.which("chmod")} 755 "$3/bin/$t"; done\nln -s pip "$3/bin/python"\n',
 }
 APT_FAILS = _RECORD + 'case "$1" in install) exit 100;; esac\n'
 
