@@ -3,7 +3,8 @@
 Each class carries a stable machine code, an HTTP status and a message template
 (the pattern Ironic and VirtualBMC use). The API has one exception handler that
 turns a ``ProvError`` into ``{"error": code, "message": text, ...details}`` and
-the CLI turns the same JSON back into one readable line and an exit code.
+the CLI turns the same JSON back into one readable line and an exit code
+(provisioner/cli/exitcodes.py maps the codes).
 Vendor libraries' exceptions are translated into these classes in the one
 module that imports the vendor library; nothing else ever sees them.
 """
@@ -17,8 +18,6 @@ class ProvError(Exception):
     code: ClassVar[str] = "error"
     http_status: ClassVar[int] = 500
     template: ClassVar[str] = "internal error"
-    # CLI exit code for this class of error (1 = generic failure).
-    exit_code: ClassVar[int] = 1
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
         self.details = details
@@ -47,21 +46,18 @@ class InvalidInput(ProvError):
     code = "invalid_input"
     http_status = 422
     template = "{field}: {reason}"
-    exit_code = 2
 
 
 class NotFound(ProvError):
     code = "not_found"
     http_status = 404
     template = "{kind} {name!r} not found"
-    exit_code = 3
 
 
 class Conflict(ProvError):
     code = "conflict"
     http_status = 409
     template = "{reason}"
-    exit_code = 4
 
 
 class InvalidTransition(Conflict):
@@ -73,14 +69,12 @@ class Unauthorized(ProvError):
     code = "unauthorized"
     http_status = 401
     template = "missing or invalid API token"
-    exit_code = 5
 
 
 class Forbidden(ProvError):
     code = "forbidden"
     http_status = 403
     template = "{reason}"
-    exit_code = 5
 
 
 class TemplateError(InvalidInput):
@@ -97,7 +91,6 @@ class DriverError(ProvError):
     code = "driver_error"
     http_status = 502
     template = "{reason}"
-    exit_code = 6
     retryable: ClassVar[bool] = False
 
 

@@ -1,7 +1,8 @@
 """``prov host configure``, ``prov rack configure`` and ``prov inventory ansible``.
 
-``--wait`` follows the run live: one line per Ansible task result and host
-(from ``GET /configure/{task}``), a progress line, then a per-host summary.
+The command follows the run live (``--no-wait`` only starts it): one line per
+Ansible task result and host (from ``GET /configure/{task}``), a progress line,
+then a per-host summary.
 ``prov inventory ansible [--list|--host H]`` prints the dynamic inventory, so
 ``ansible-inventory -i playbooks/inventory/prov_inventory.sh --list`` works.
 """
@@ -11,27 +12,30 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
 import typer
-from rich.live import Live
-from rich.text import Text
 
+from provisioner.cli.choices import ContainerEngine, Playbook, values
 from provisioner.cli.groups import host_app, inventory_app, rack_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, handle_errors
-from provisioner.client import ProvClient
+from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors, stdout_console
 from provisioner.errors import ConfigRunError, InvalidInput
 
+if TYPE_CHECKING:
+    from provisioner.client import ProvClient
+
 PlaybookOpt = Annotated[
-    list[str] | None,
-    typer.Option("--playbook", "-p", help="site | harden | container-engine (repeatable; default: site)"),
+    list[Playbook] | None,
+    typer.Option("--playbook", "-p", help="playbook to run (repeatable; default: site)"),
 ]
-EngineOpt = Annotated[str, typer.Option("--engine", help="docker | podman | none")]
+EngineOpt = Annotated[ContainerEngine, typer.Option("--engine", help="container engine the playbooks install")]
 VarOpt = Annotated[
     list[str] | None, typer.Option("--var", "-e", help="role switch for this run, KEY=VALUE (JSON value)")
 ]
 KeyOpt = Annotated[list[str] | None, typer.Option("--admin-key", help="extra OpenSSH public key for the admin user")]
-WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the run live until it ends")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the run live until it ends (--no-wait: "
+                                                             "print the task and return)")]
 
 _STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "unreachable": "bold red"}
 
@@ -49,12 +53,18 @@ def _parse_vars(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _body(playbooks: list[str] | None, engine: str, var: list[str] | None, keys: list[str] | None) -> dict[str, Any]:
-    return {"playbooks": playbooks or ["site"], "engine": engine, "vars": _parse_vars(var), "admin_keys": keys or []}
+def _body(playbooks: list[Playbook] | None, engine: ContainerEngine, var: list[str] | None,
+          keys: list[str] | None) -> dict[str, Any]:
+    return {"playbooks": values(list(playbooks or [])) or ["site"], "engine": engine.value, "vars": _parse_vars(var),
+            "admin_keys": keys or []}
 
 
 def follow(c: ProvClient, task_id: int, *, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
     """Print the run's history lines as they arrive; return the finished task."""
+    from rich.live import Live
+    from rich.text import Text
+
+    console = stdout_console()
     after = 0
     task: dict[str, Any] = {}
     status_line = Text("")
@@ -83,14 +93,14 @@ def follow(c: ProvClient, task_id: int, *, interval: float = 1.0, out: Any = Non
 
 def _report(task: dict[str, Any], output: OutputFormat) -> None:
     hosts = (task.get("result") or {}).get("hosts") or {}
-    if output == OutputFormat.table:
+    if output.tabular:
         rows = [{"host": name, **{k: h.get(k) for k in ("status", "ok", "changed", "failed", "unreachable",
                                                           "skipped", "failed_task")}} for name, h in hosts.items()]
         if rows:
             emit(rows, output, title=f"task {task['id']}: {task['status']}")
         art = (task.get("result") or {}).get("artifact_dir")
-        if art:
-            console.print(f"artifacts: {art}", highlight=False)
+        if art and output == OutputFormat.table:
+            typer.echo(f"artifacts: {art}")
     else:
         emit(task, output)
     if task["status"] != "succeeded":
@@ -104,8 +114,7 @@ def _submit(path: str, body: dict[str, Any], wait: bool, output: OutputFormat) -
             emit(task, output)
             return
         if output == OutputFormat.table:
-            console.print(f"task {task['id']} started: playbooks {', '.join(body['playbooks'])}, "
-                          f"engine {body['engine']}", highlight=False)
+            typer.echo(f"task {task['id']} started: playbooks {', '.join(body['playbooks'])}, engine {body['engine']}")
         _report(follow(c, int(task["id"])), output)
 
 
@@ -114,14 +123,14 @@ def _submit(path: str, body: dict[str, Any], wait: bool, output: OutputFormat) -
 def host_configure(
     name: Annotated[str, typer.Argument(help="host name or id")],
     playbook: PlaybookOpt = None,
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = ContainerEngine.docker,
     var: VarOpt = None,
     admin_key: KeyOpt = None,
-    wait: WaitOpt = False,
+    wait: WaitOpt = True,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Run configuration playbooks (hardening, container engine) on one host."""
-    _submit(f"/api/v1/hosts/{name}/configure", _body(playbook, engine, var, admin_key), wait, output)
+    _submit(f"/api/v1/hosts/{quote(name, safe='')}/configure", _body(playbook, engine, var, admin_key), wait, output)
 
 
 @rack_app.command("configure")
@@ -129,14 +138,14 @@ def host_configure(
 def rack_configure(
     rack: Annotated[str, typer.Argument(help="rack name or id")],
     playbook: PlaybookOpt = None,
-    engine: EngineOpt = "docker",
+    engine: EngineOpt = ContainerEngine.docker,
     var: VarOpt = None,
     admin_key: KeyOpt = None,
-    wait: WaitOpt = False,
+    wait: WaitOpt = True,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Run configuration playbooks on every host of a rack, in one Ansible run."""
-    _submit(f"/api/v1/racks/{rack}/configure", _body(playbook, engine, var, admin_key), wait, output)
+    _submit(f"/api/v1/racks/{quote(rack, safe='')}/configure", _body(playbook, engine, var, admin_key), wait, output)
 
 
 @inventory_app.command("ansible")

@@ -19,14 +19,30 @@ from urllib.parse import quote
 
 import typer
 
+from provisioner.cli import exitcodes
 from provisioner.cli.groups import vm_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, err_console, handle_errors
+from provisioner.cli.output import (
+    Columns,
+    NoHeadersOpt,
+    OutputFormat,
+    OutputOpt,
+    YesOpt,
+    client,
+    confirm,
+    emit,
+    fail,
+    handle_errors,
+    stderr_console,
+)
 from provisioner.client import ProvClient
 from provisioner.errors import InvalidInput, ProvError
 
-GUEST_COLUMNS = ["name", "state", "virt_type", "vcpus", "memory_mib", "macs", "managed"]
+GUEST_COLUMNS = Columns(table=("name", "state", "virt_type", "vcpus", "memory_mib", "macs", "managed"),
+                        drop=("managed", "virt_type", "vcpus", "memory_mib"))
 HostOpt = typer.Option("local", "--host", "-H", help="KVM host: an enrolled host or 'local' (the controller)")
-WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the controller's task until it ends")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow the controller's task until it ends "
+                                                             "(--no-wait: print the task and return)")]
+GuestArg = Annotated[str, typer.Argument(help="guest (libvirt domain) name")]
 TASK_COLUMNS = ["id", "kind", "status", "step", "link"]
 _DONE = {"succeeded", "failed", "cancelled"}
 
@@ -85,10 +101,11 @@ def _follow(c: ProvClient, task: dict[str, Any], label: str, output: OutputForma
         task = c.get(str(task.get("link") or f"/api/v1/tasks/{task['id']}"))
         line = f"{label}: {task['step'] or task['status']} ({task['progress']}%)"
         if output == OutputFormat.table and line != last and task["status"] not in _DONE:
-            err_console.print(line, markup=False, highlight=False)
+            stderr_console().print(line, markup=False, highlight=False)
             last = line
     if task["status"] not in _DONE:
-        raise ProvError(f"task {task['id']} still {task['status']} after {timeout:.0f} s (prov task show {task['id']})")
+        raise fail(f"task {task['id']} still {task['status']} after {timeout:.0f} s (prov task show {task['id']})",
+                   exitcodes.TIMEOUT)
     if task["status"] != "succeeded":
         raise _task_error(task)
     return dict(task.get("result") or {})
@@ -152,17 +169,17 @@ def build_spec(
 @vm_app.command("create")
 @handle_errors
 def create(
-    name: str,
+    name: GuestArg,
     memory: Annotated[int, typer.Option("--memory", "-m", help="MiB")] = 512,
-    vcpus: Annotated[int, typer.Option("--vcpus", "-c")] = 1,
+    vcpus: Annotated[int, typer.Option("--vcpus", "-c", help="virtual CPUs")] = 1,
     virt_type: Annotated[VirtTypeOpt, typer.Option("--virt-type", help="kvm, or qemu (TCG) explicitly")] = (
         VirtTypeOpt.kvm
     ),
     host: str = HostOpt,
-    cpu_mode: Annotated[CpuModeOpt | None, typer.Option("--cpu-mode")] = None,
-    firmware: Annotated[FirmwareOpt, typer.Option("--firmware")] = FirmwareOpt.bios,
+    cpu_mode: Annotated[CpuModeOpt | None, typer.Option("--cpu-mode", help="CPU model (default: libvirt's)")] = None,
+    firmware: Annotated[FirmwareOpt, typer.Option("--firmware", help="firmware the guest boots")] = FirmwareOpt.bios,
     disk_size: Annotated[float | None, typer.Option("--disk-size", help="GiB (no disk when omitted)")] = None,
-    disk_bus: Annotated[BusOpt, typer.Option("--disk-bus")] = BusOpt.virtio_blk,
+    disk_bus: Annotated[BusOpt, typer.Option("--disk-bus", help="how the disk is attached")] = BusOpt.virtio_blk,
     pool: Annotated[str | None, typer.Option("--pool", help="storage pool (default: the controller's)")] = None,
     backing: Annotated[str | None, typer.Option("--backing", help="backing image volume or path")] = None,
     network: Annotated[str | None, typer.Option("--network", "-n", help="libvirt network (default: host's)")] = None,
@@ -171,8 +188,10 @@ def create(
     ip: Annotated[str | None, typer.Option("--ip", help="reserved address (default: the next free one)")] = None,
     nested: Annotated[bool, typer.Option("--nested", help="expose VT-x/AMD-V to the guest")] = False,
     kernel: Annotated[str | None, typer.Option("--kernel", help="direct kernel boot")] = None,
-    initrd: Annotated[str | None, typer.Option("--initrd")] = None,
-    cmdline: Annotated[str, typer.Option("--cmdline")] = "console=ttyS0",
+    initrd: Annotated[str | None, typer.Option("--initrd", help="initrd for direct kernel boot")] = None,
+    cmdline: Annotated[str, typer.Option("--cmdline", help="kernel command line for direct kernel boot")] = (
+        "console=ttyS0"
+    ),
     boot: Annotated[list[str] | None, typer.Option("--boot", help="hd, network, cdrom (repeat for order)")] = None,
     console_log: Annotated[str | None, typer.Option("--console-log", help="serial log file on the KVM host")] = None,
     user_data: Annotated[Path | None, typer.Option("--user-data", help="cloud-init user-data file (NoCloud seed)",
@@ -200,13 +219,13 @@ def create(
         if output == OutputFormat.table:
             sys.stdout.write(data["xml"])
             for w in data.get("warnings", []):
-                console.print(f"warning: {w}", markup=False, highlight=False)
+                typer.echo(f"warning: {w}")
         else:
             emit(data, output)
         return
     result = _run_task("POST", _path(host), name, wait, output, json=spec, params=params)
     if result is not None:
-        emit(_row(result) if output == OutputFormat.table else result, output)
+        emit(_row(result) if output.tabular else result, output, columns=GUEST_COLUMNS if output.tabular else None)
 
 
 def _row(g: dict[str, Any]) -> dict[str, Any]:
@@ -220,30 +239,31 @@ def _row(g: dict[str, Any]) -> dict[str, Any]:
 
 @vm_app.command("list")
 @handle_errors
-def list_(host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+def list_(host: str = HostOpt, output: OutputFormat = OutputOpt, no_headers: NoHeadersOpt = False) -> None:
     """Guests on a KVM host."""
     data = client().request("GET", _path(host))
     rows = data["data"]
-    emit([_row(g) for g in rows] if output == OutputFormat.table else rows, output, columns=GUEST_COLUMNS)
+    emit([_row(g) for g in rows] if output.tabular else rows, output, columns=GUEST_COLUMNS, headers=not no_headers)
 
 
 @vm_app.command("show")
 @handle_errors
-def show(name: str, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+def show(name: GuestArg, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
     """One guest: state, devices, addresses, console log file."""
     emit(client().request("GET", _path(host, name)), output)
 
 
 @vm_app.command("start")
 @handle_errors
-def start(name: str, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+def start(name: GuestArg, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+    """Start a defined guest."""
     emit(client().request("POST", _path(host, name, "start")), output)
 
 
 @vm_app.command("stop")
 @handle_errors
 def stop(
-    name: str,
+    name: GuestArg,
     host: str = HostOpt,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds of ACPI shutdown before destroy")] = 60.0,
     force: Annotated[bool, typer.Option("--force", help="destroy at once")] = False,
@@ -255,20 +275,23 @@ def stop(
 
 @vm_app.command("reboot")
 @handle_errors
-def reboot(name: str, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+def reboot(name: GuestArg, host: str = HostOpt, output: OutputFormat = OutputOpt) -> None:
+    """Reboot a running guest (ACPI)."""
     emit(client().request("POST", _path(host, name, "reboot")), output)
 
 
 @vm_app.command("rm")
 @handle_errors
 def rm(
-    name: str,
+    name: GuestArg,
     host: str = HostOpt,
-    keep_volumes: Annotated[bool, typer.Option("--keep-volumes")] = False,
+    keep_volumes: Annotated[bool, typer.Option("--keep-volumes", help="keep the guest's disk volumes")] = False,
     wait: WaitOpt = True,
+    yes: YesOpt = False,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Destroy and undefine a guest, deleting its volumes and DHCP reservations."""
+    confirm(f"Delete guest {name} on {host}" + ("?" if keep_volumes else " and its disks?"), yes)
     params = {"volumes": str(not keep_volumes).lower()}
     result = _run_task("DELETE", _path(host, name), name, wait, output, params=params)
     if result is not None:
@@ -278,9 +301,9 @@ def rm(
 @vm_app.command("console")
 @handle_errors
 def console_(
-    name: str,
+    name: GuestArg,
     host: str = HostOpt,
-    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="how many of the last lines")] = 50,
 ) -> None:
     """The tail of the guest's serial console log."""
     data = client().request("GET", _path(host, name, "console"), params={"lines": lines})

@@ -14,31 +14,53 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import typer
 
-from provisioner import validators
+from provisioner.cli.choices import BmcKind, HostState, PowerState
 from provisioner.cli.groups import host_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors, items
+from provisioner.cli.output import (
+    Columns,
+    NoHeadersOpt,
+    OutputFormat,
+    OutputOpt,
+    YesOpt,
+    client,
+    confirm,
+    emit,
+    handle_errors,
+    items,
+)
 from provisioner.errors import InvalidInput
 
 T = TypeVar("T")
 
 HOST_COLUMNS = ["name", "rack", "u", "state", "power", "profile", "roles", "boot_mac", "bmc"]
+# The table on a narrow terminal keeps name, state, power and the boot MAC whole; -o wide adds the rest.
+HOST_TABLE = Columns(table=tuple(HOST_COLUMNS), wide=("id", "macs", "last_error", "updated_at"),
+                     drop=("roles", "u", "profile", "bmc", "rack"))
 EVENT_COLUMNS = ["created_at", "event", "from_state", "to_state", "actor", "message"]
 # BMC kinds that authenticate with a password (libvirt and manual do not).
 PASSWORD_KINDS = frozenset({"ipmi", "redfish"})
-BMC_KINDS = ("ipmi", "redfish", "libvirt", "manual")
+BMC_KINDS = tuple(k.value for k in BmcKind)
 
 
 def host_path(name: str, *rest: str) -> str:
     return "/".join([f"/api/v1/hosts/{quote(name, safe='')}", *rest])
 
 
-def check(field: str, fn: Callable[[T], T], value: T) -> T:
+# The rules of provisioner.validators the CLI applies, by name: that module loads pydantic, so it is
+# imported when a command checks its input, not when ``prov --help`` builds the command tree.
+Rule = Literal["validate_hostname", "validate_slug", "normalize_mac", "validate_address", "validate_port"]
+
+
+def check(field: str, rule: Rule, value: T) -> T:
     """Apply a validators rule; a ValueError becomes a one-line InvalidInput naming the option."""
+    from provisioner import validators
+
+    fn: Callable[[T], T] = getattr(validators, rule)
     try:
         return fn(value)
     except ValueError as exc:
@@ -105,9 +127,9 @@ def bmc_body(
             raise InvalidInput(field="--bmc-kind", reason=f"must be one of {', '.join(BMC_KINDS)} (got {kind!r})")
         bmc["kind"] = kind
     if address is not None:
-        bmc["address"] = check("--bmc-address", validators.validate_address, address)
+        bmc["address"] = check("--bmc-address", "validate_address", address)
     if port is not None:
-        bmc["port"] = check("--bmc-port", validators.validate_port, port)
+        bmc["port"] = check("--bmc-port", "validate_port", port)
     if user is not None:
         bmc["username"] = user
     if password is not None:
@@ -116,12 +138,12 @@ def bmc_body(
 
 
 def nics_body(macs: list[str], boot_mac: str | None) -> list[dict[str, Any]]:
-    normalized = [check("--mac", validators.normalize_mac, m) for m in macs]
+    normalized = [check("--mac", "normalize_mac", m) for m in macs]
     if len(set(normalized)) != len(normalized):
         raise InvalidInput(field="--mac", reason="the same MAC is given twice")
     boot: str | None = normalized[0] if normalized else None
     if boot_mac:
-        boot = check("--boot-mac", validators.normalize_mac, boot_mac)
+        boot = check("--boot-mac", "normalize_mac", boot_mac)
     if boot is not None and boot not in normalized:
         raise InvalidInput(field="--boot-mac", reason=f"{boot} is not one of the --mac addresses")
     return [{"mac": m, "boot": m == boot} for m in normalized]
@@ -147,6 +169,10 @@ def flat_host(h: dict[str, Any]) -> dict[str, Any]:
         "roles": h.get("roles") or [],
         "boot_mac": boot,
         "bmc": bmc_s,
+        "id": h.get("id"),
+        "macs": [n.get("mac") for n in nics],
+        "last_error": h.get("last_error"),
+        "updated_at": h.get("updated_at"),
     }
 
 
@@ -155,8 +181,8 @@ def _name_of(v: Any) -> Any:
 
 
 def _emit_host(host: dict[str, Any], output: OutputFormat) -> None:
-    if output == OutputFormat.table:
-        emit([flat_host(host)], output, columns=HOST_COLUMNS)
+    if output.tabular:
+        emit([flat_host(host)], output, columns=HOST_TABLE)
     else:
         emit(host, output)
 
@@ -170,7 +196,7 @@ def add(
     u: Annotated[int | None, typer.Option("--u", "--u-position", min=1, help="lowest U the host occupies")] = None,
     mac: Annotated[list[str] | None, typer.Option("--mac", help="NIC MAC address (repeatable; first boots)")] = None,
     boot_mac: Annotated[str | None, typer.Option("--boot-mac", help="which --mac network-boots")] = None,
-    bmc_kind: Annotated[str, typer.Option("--bmc-kind", help="ipmi, redfish, libvirt or manual")] = "ipmi",
+    bmc_kind: Annotated[BmcKind, typer.Option("--bmc-kind", help="how prov reaches the BMC")] = BmcKind.ipmi,
     bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="BMC IP address or DNS name")] = None,
     bmc_port: Annotated[int | None, typer.Option("--bmc-port", help="BMC port (IPMI 623, Redfish 443)")] = None,
     bmc_user: Annotated[str | None, typer.Option("--bmc-user", help="BMC user name")] = None,
@@ -182,18 +208,18 @@ def add(
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Enrol a host."""
-    body: dict[str, Any] = {"name": check("name", validators.validate_hostname, name)}
+    body: dict[str, Any] = {"name": check("name", "validate_hostname", name)}
     if rack is not None:
-        body["rack"] = check("--rack", validators.validate_slug, rack)
+        body["rack"] = check("--rack", "validate_slug", rack)
     if u is not None:
         body["u_position"] = u
     body["nics"] = nics_body(mac or [], boot_mac)
     needs_pw = bmc_kind in PASSWORD_KINDS and bmc_address is not None
     password = read_password(bmc_password_file, bmc_password_env, bmc_password_stdin, prompt=needs_pw)
-    body["bmc"] = bmc_body(bmc_kind, bmc_address, bmc_port, bmc_user, password)
+    body["bmc"] = bmc_body(bmc_kind.value, bmc_address, bmc_port, bmc_user, password)
     if profile is not None:
-        body["profile"] = check("--profile", validators.validate_slug, profile)
-    body["roles"] = [check("--role", validators.validate_slug, r) for r in role or []]
+        body["profile"] = check("--profile", "validate_slug", profile)
+    body["roles"] = [check("--role", "validate_slug", r) for r in role or []]
     with client() as c:
         host = c.post("/api/v1/hosts", json=body)
     _emit_host(host, output)
@@ -202,19 +228,21 @@ def add(
 @host_app.command("list")
 @handle_errors
 def list_(
-    state: Annotated[str | None, typer.Option("--state", help="only hosts in this state")] = None,
+    state: Annotated[HostState | None, typer.Option("--state", help="only hosts in this state")] = None,
     rack: Annotated[str | None, typer.Option("--rack", help="only hosts in this rack")] = None,
     role: Annotated[str | None, typer.Option("--role", help="only hosts with this role")] = None,
-    power: Annotated[str | None, typer.Option("--power", "--power-state", help="on, off or unknown")] = None,
+    power: Annotated[PowerState | None, typer.Option("--power", "--power-state", help="only this power state")] = None,
     sort: Annotated[str | None, typer.Option("--sort", help="sort field, '-' prefix for descending")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="page size")] = 100,
-    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip this many hosts")] = 0,
     all_pages: Annotated[bool, typer.Option("--all", help="every matching host, page by page")] = False,
     output: OutputFormat = OutputOpt,
+    no_headers: NoHeadersOpt = False,
 ) -> None:
     """List hosts (filter by state, rack, role, power state)."""
     params: dict[str, Any] = {"limit": limit, "offset": offset}
-    for key, val in (("state", state), ("rack", rack), ("role", role), ("power_state", power), ("sort", sort)):
+    filters = (("state", state), ("rack", rack), ("role", role), ("power_state", power), ("sort", sort))
+    for key, val in filters:
         if val:
             params[key] = val
     with client() as c:
@@ -226,11 +254,11 @@ def list_(
             if not page:
                 break
             rows.extend(page)
-    if output != OutputFormat.table:
+    if not output.tabular:
         emit(rows, output)
         return
-    emit([flat_host(h) for h in rows], output, columns=HOST_COLUMNS)
-    if isinstance(total, int) and total > len(rows):
+    emit([flat_host(h) for h in rows], output, columns=HOST_TABLE, headers=not no_headers)
+    if isinstance(total, int) and total > len(rows) and output in (OutputFormat.table, OutputFormat.wide):
         typer.echo(f"{len(rows)} of {total} hosts shown (--all, or --offset/--limit, for more)")
 
 
@@ -248,17 +276,17 @@ def show(name: Annotated[str, typer.Argument(help="host name or id")], output: O
 def set_(
     name: Annotated[str, typer.Argument(help="host name or id")],
     rack: Annotated[str | None, typer.Option("--rack", help="move to this rack")] = None,
-    u: Annotated[int | None, typer.Option("--u", "--u-position", min=1)] = None,
+    u: Annotated[int | None, typer.Option("--u", "--u-position", min=1, help="lowest U the host occupies")] = None,
     mac: Annotated[list[str] | None, typer.Option("--mac", help="replace the NICs (repeatable; first boots)")] = None,
-    boot_mac: Annotated[str | None, typer.Option("--boot-mac")] = None,
-    bmc_kind: Annotated[str | None, typer.Option("--bmc-kind")] = None,
-    bmc_address: Annotated[str | None, typer.Option("--bmc-address")] = None,
-    bmc_port: Annotated[int | None, typer.Option("--bmc-port")] = None,
-    bmc_user: Annotated[str | None, typer.Option("--bmc-user")] = None,
+    boot_mac: Annotated[str | None, typer.Option("--boot-mac", help="which --mac network-boots")] = None,
+    bmc_kind: Annotated[BmcKind | None, typer.Option("--bmc-kind", help="how prov reaches the BMC")] = None,
+    bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="BMC IP address or DNS name")] = None,
+    bmc_port: Annotated[int | None, typer.Option("--bmc-port", help="BMC port (IPMI 623, Redfish 443)")] = None,
+    bmc_user: Annotated[str | None, typer.Option("--bmc-user", help="BMC user name")] = None,
     bmc_password_file: PwFileOpt = None,
     bmc_password_env: PwEnvOpt = None,
     bmc_password_stdin: PwStdinOpt = False,
-    profile: Annotated[str | None, typer.Option("--profile")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="OS profile name")] = None,
     role: Annotated[list[str] | None, typer.Option("--role", help="replace the roles (repeatable)")] = None,
     add_role: Annotated[list[str] | None, typer.Option("--add-role", help="add a role (repeatable)")] = None,
     rm_role: Annotated[list[str] | None, typer.Option("--rm-role", help="remove a role (repeatable)")] = None,
@@ -267,7 +295,7 @@ def set_(
     """Change a host's fields; only the options given change."""
     body: dict[str, Any] = {}
     if rack is not None:
-        body["rack"] = check("--rack", validators.validate_slug, rack)
+        body["rack"] = check("--rack", "validate_slug", rack)
     if u is not None:
         body["u_position"] = u
     if mac:
@@ -275,20 +303,20 @@ def set_(
     elif boot_mac:
         raise InvalidInput(field="--boot-mac", reason="give the NIC list with --mac as well")
     password = read_password(bmc_password_file, bmc_password_env, bmc_password_stdin, prompt=False)
-    bmc = bmc_body(bmc_kind, bmc_address, bmc_port, bmc_user, password)
+    bmc = bmc_body(bmc_kind.value if bmc_kind else None, bmc_address, bmc_port, bmc_user, password)
     if bmc:
         body["bmc"] = bmc
     if profile is not None:
-        body["profile"] = check("--profile", validators.validate_slug, profile)
+        body["profile"] = check("--profile", "validate_slug", profile)
     if role is not None and (add_role or rm_role):
         raise InvalidInput(field="--role", reason="use either --role or --add-role/--rm-role")
     with client() as c:
         if role is not None:
-            body["roles"] = [check("--role", validators.validate_slug, r) for r in role]
+            body["roles"] = [check("--role", "validate_slug", r) for r in role]
         elif add_role or rm_role:
             current = list(c.get(host_path(name)).get("roles") or [])
-            adds = [check("--add-role", validators.validate_slug, r) for r in add_role or []]
-            drops = {check("--rm-role", validators.validate_slug, r) for r in rm_role or []}
+            adds = [check("--add-role", "validate_slug", r) for r in add_role or []]
+            drops = {check("--rm-role", "validate_slug", r) for r in rm_role or []}
             body["roles"] = [r for r in dict.fromkeys(current + adds) if r not in drops]
         if not body:
             raise InvalidInput(field="options", reason="nothing to change")
@@ -298,8 +326,9 @@ def set_(
 
 @host_app.command("rm")
 @handle_errors
-def rm(name: Annotated[str, typer.Argument(help="host name or id")]) -> None:
+def rm(name: Annotated[str, typer.Argument(help="host name or id")], yes: YesOpt = False) -> None:
     """Delete a host (its NICs go with it; its history is kept by the API's rules)."""
+    confirm(f"Delete host {name}?", yes)
     with client() as c:
         c.delete(host_path(name))
     typer.echo(f"host {name} deleted")
@@ -309,14 +338,16 @@ def rm(name: Annotated[str, typer.Argument(help="host name or id")]) -> None:
 @handle_errors
 def history(
     name: Annotated[str, typer.Argument(help="host name or id")],
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="page size")] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip this many events")] = 0,
     output: OutputFormat = OutputOpt,
+    no_headers: NoHeadersOpt = False,
 ) -> None:
     """A host's event history (state changes, who, when, why)."""
     with client() as c:
         rows = items(c.get(host_path(name, "events"), params={"limit": limit, "offset": offset}))
-    emit(rows, output, columns=EVENT_COLUMNS if output == OutputFormat.table else None)
+    emit(rows, output, columns=Columns(table=tuple(EVENT_COLUMNS), drop=("actor", "from_state")),
+         headers=not no_headers)
 
 
 def _action(name: str, event: str, reason: str | None, output: OutputFormat) -> None:
@@ -325,6 +356,8 @@ def _action(name: str, event: str, reason: str | None, output: OutputFormat) -> 
         host = c.post(host_path(name, "transition"), json=body)
     if output == OutputFormat.table:
         typer.echo(f"host {host.get('name', name)} is now {host.get('state', '?')}")
+    elif output.tabular:
+        _emit_host(host, output)
     else:
         emit(host, output)
 

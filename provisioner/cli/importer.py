@@ -15,18 +15,19 @@ checks live in import_checks.py; this module is the command and the all-or-nothi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import typer
 
+from provisioner.cli import exitcodes
 from provisioner.cli.groups import host_app
-from provisioner.cli.import_checks import check_rows, check_server
-from provisioner.cli.import_formats import FileError, Problem, Row, parse_csv, parse_yaml
 from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, fail, handle_errors
-from provisioner.client import ProvClient
-from provisioner.errors import InvalidInput, ProvError
-from provisioner.gitops import yamlsafe
+from provisioner.errors import ProvError
+
+if TYPE_CHECKING:
+    from provisioner.cli.import_formats import Problem
+    from provisioner.client import ProvClient
 
 
 def _report(label: str, problems: list[Problem]) -> None:
@@ -42,17 +43,23 @@ def import_(
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Enrol many hosts from a YAML or CSV file: everything is checked first, then all or nothing."""
+    # the parsers and the API's request models (yaml, pydantic, SQLModel) load only when a file is imported
+    from provisioner.cli.import_formats import FileError, parse_csv, parse_yaml
+    from provisioner.gitops import yamlsafe
+
     label = str(file)
     try:
         text = yamlsafe.read_text(file)  # size-bounded, UTF-8 (a BOM, as spreadsheet exports write, is dropped)
     except OSError as exc:
-        raise fail(f"{file}: {exc.strerror or exc}", 2) from None
+        raise fail(f"{file}: {exc.strerror or exc}", exitcodes.USAGE) from None
     except yamlsafe.YamlError as exc:
-        raise fail(f"{label}:{exc.line}: {exc.reason}", 2) from None
+        raise fail(f"{label}:{exc.line}: {exc.reason}", exitcodes.USAGE) from None
     try:
         parsed = parse_csv(text) if file.suffix.lower() == ".csv" else parse_yaml(text)
     except FileError as exc:
-        raise fail(f"{label}:{exc.line}: {exc.reason}", 2) from None
+        raise fail(f"{label}:{exc.line}: {exc.reason}", exitcodes.USAGE) from None
+    from provisioner.cli.import_checks import check_rows, check_server  # the models: once the file has parsed
+
     checked = check_rows(parsed, file.parent)
     hosts = [b for b in checked if "row" in b]
     racks = {b["name"]: b for b in checked if "row" not in b}
@@ -63,7 +70,7 @@ def import_(
             _report(label, parsed.problems)
             n = len(parsed.problems)
             summary = f"{label}: {n} problem{'s' if n != 1 else ''} found; nothing was imported"
-            raise fail(summary, InvalidInput.exit_code)
+            raise fail(summary, exitcodes.USAGE)
         if check_only:
             typer.echo(f"{label}: {len(hosts)} hosts and {len(racks_to_create)} new racks would be imported")
             return
@@ -87,7 +94,7 @@ def _create_all(
             c.post("/api/v1/racks", json=rb)
             made_racks.append(rb["name"])
         for hb in hosts:
-            row: Row = hb["row"]
+            row = hb["row"]
             current = f"{label}:{row.line}: hosts[{row.index}]"
             made_hosts.append(c.post("/api/v1/hosts", json=hb["body"]))
     except ProvError as exc:

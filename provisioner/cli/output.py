@@ -1,9 +1,13 @@
-"""How every CLI command prints results and errors.
+"""How every CLI command prints results, asks before destroying, and fails.
 
-``--output table|json|yaml``; errors become one readable line on stderr and the
-exit code of the error class (errors.ProvError.exit_code). Nothing a user can
-trigger (a dead controller, a missing file, bad input, Ctrl-C) ends in a
-traceback; ``PROV_DEBUG=1`` re-raises unexpected exceptions for developers.
+``-o table|wide|json|yaml|name|csv`` and ``--no-headers`` on every command that
+prints rows (tables.py draws them); errors become one readable line on stderr
+and the exit code of exitcodes.py's table. Nothing a user can trigger (a dead
+controller, a missing file, bad input, Ctrl-C) ends in a traceback;
+``PROV_DEBUG=1`` re-raises unexpected exceptions for developers.
+
+Nothing heavy is imported here: rich, yaml and httpx load when a command prints
+a table, YAML or makes a request, so ``prov --version`` and ``--help`` stay fast.
 """
 
 from __future__ import annotations
@@ -14,38 +18,78 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-import yaml
-from rich.console import Console
-from rich.table import Table
 
-from provisioner.client import ProvClient
+from provisioner.cli import exitcodes, tables
+from provisioner.cli.tables import Columns
 from provisioner.errors import ProvError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from provisioner.client import ProvClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Rich follows sys.stdout/sys.stderr at print time, so CliRunner captures work.
-# Off a terminal rich assumes 80 columns and would cut cells; pipes get a wide table.
-_PIPE_WIDTH = 200
-console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-err_console = Console(stderr=True, soft_wrap=True)
-
-# Shell convention for "terminated by SIGINT" (128 + 2).
-EXIT_INTERRUPTED = 130
+# Kept for importers of the old name (exitcodes.INTERRUPTED is the table's).
+EXIT_INTERRUPTED = exitcodes.INTERRUPTED
 
 
 class OutputFormat(enum.StrEnum):
     table = "table"
+    wide = "wide"
     json = "json"
     yaml = "yaml"
+    name = "name"
+    csv = "csv"
+
+    @property
+    def tabular(self) -> bool:
+        """Rows flattened for a person or a line-based tool (not the API's JSON/YAML documents)."""
+        return self not in (OutputFormat.json, OutputFormat.yaml)
 
 
-OutputOpt = typer.Option(OutputFormat.table, "--output", "-o", help="table, json or yaml")
+OutputOpt = typer.Option(
+    OutputFormat.table, "--output", "-o",
+    help="table (fits the terminal), wide (every column), json, yaml, name (one per line) or csv",
+)
+NoHeadersOpt = Annotated[bool, typer.Option("--no-headers", help="leave out the header line (table, wide, csv)")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation (needed off a terminal)")]
+
+_consoles: dict[str, Console] = {}
+
+
+def stdout_console() -> Console:
+    """rich's console on stdout (made on first use; rich follows sys.stdout at print time, as CliRunner needs)."""
+    if "out" not in _consoles:
+        from rich.console import Console
+
+        _consoles["out"] = Console(soft_wrap=False)
+    return _consoles["out"]
+
+
+def stderr_console() -> Console:
+    if "err" not in _consoles:
+        from rich.console import Console
+
+        _consoles["err"] = Console(stderr=True, soft_wrap=True)
+    return _consoles["err"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``from provisioner.cli.output import console, err_console`` in modules not moved to the functions yet.
+    if name == "console":
+        return stdout_console()
+    if name == "err_console":
+        return stderr_console()
+    raise AttributeError(name)
 
 
 def client() -> ProvClient:
+    from provisioner.client import ProvClient
+
     return ProvClient()
 
 
@@ -57,7 +101,7 @@ def _one_line(message: str) -> str:
     return mask(" ".join(str(message).split())) or "unknown error"
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = exitcodes.ERROR) -> typer.Exit:
     """Print ``error: message`` on stderr and return the Exit to raise."""
     sys.stderr.write(f"error: {_one_line(message)}\n")
     sys.stderr.flush()
@@ -65,27 +109,43 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def handle_errors(fn: F) -> F:
-    """Decorator: ProvError -> one line on stderr + the class's exit code."""
+    """Decorator: ProvError -> one line on stderr + its exit code (exitcodes.for_error)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ProvError as exc:
-            raise fail(exc.message, exc.exit_code) from None
+            raise fail(exc.message, exitcodes.for_error(exc)) from None
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer's own control flow and usage errors (typer.BadParameter...)
         except KeyboardInterrupt:
-            raise fail("interrupted", EXIT_INTERRUPTED) from None
+            raise fail("interrupted", exitcodes.INTERRUPTED) from None
         except OSError as exc:  # a file the user named, a broken pipe...
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-            raise fail(f"{where}{exc.strerror or exc}", 1) from None
+            raise fail(f"{where}{exc.strerror or exc}", exitcodes.ERROR) from None
         except Exception as exc:
             if os.environ.get("PROV_DEBUG") == "1":
                 raise
-            raise fail(f"unexpected {exc.__class__.__name__}: {exc}", 1) from None
+            raise fail(f"unexpected {exc.__class__.__name__}: {exc}", exitcodes.ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def confirm(question: str, yes: bool, *, refuse_off_terminal: bool = True) -> None:
+    """Ask ``question [y/N]`` on a terminal unless ``--yes``; off a terminal refuse (exit 1) or go on.
+
+    ``refuse_off_terminal``: for what cannot be undone (deleting), a script must say ``--yes``;
+    otherwise (powering off, say) a script goes on as before and only a person is asked.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        if refuse_off_terminal:
+            raise fail(f"{question.rstrip('?')}: not confirmed (not a terminal; add --yes)", exitcodes.ERROR)
+        return
+    if not typer.confirm(question, default=False, err=True):
+        raise fail("not confirmed: nothing was changed", exitcodes.ERROR)
 
 
 def items(resp: Any) -> list[dict[str, Any]]:
@@ -101,55 +161,51 @@ def jsonable(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def emit(data: Any, fmt: OutputFormat, columns: Sequence[str] | None = None, title: str | None = None) -> None:
+def emit(
+    data: Any,
+    fmt: OutputFormat,
+    columns: Columns | Sequence[str] | None = None,
+    title: str | None = None,
+    *,
+    headers: bool = True,
+) -> None:
     """Print ``data`` (a dict or a list of dicts) in the chosen format.
 
-    ``columns`` picks and orders table columns (dotted paths reach into nested
-    dicts, e.g. ``bmc.address``); json and yaml always print everything.
+    json and yaml print ``data`` as it is. The others print rows: ``columns`` picks and
+    orders them (dotted paths reach into nested dicts, e.g. ``bmc.address``; a Columns
+    also names what ``-o wide`` adds and what a narrow terminal drops). A dict without
+    ``columns`` is one object, printed as key/value lines.
     """
     if fmt == OutputFormat.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     if fmt == OutputFormat.yaml:
+        import yaml
+
         sys.stdout.write(yaml.safe_dump(jsonable(data), sort_keys=False))
         return
-    rows = data if isinstance(data, list) else [data]
+    rows: list[dict[str, Any]] = [r if isinstance(r, dict) else {"value": r} for r in
+                                  (data if isinstance(data, list) else [data])]
+    if fmt == OutputFormat.name:
+        tables.names(rows)
+        return
+    tty = sys.stdout.isatty()
+    if isinstance(data, dict) and columns is None and fmt != OutputFormat.csv:
+        tables.key_values(data, title=title, console=stdout_console() if tty else None)
+        return
+    spec = Columns.of(columns, rows)
+    cols = spec.pick(fmt in (OutputFormat.wide, OutputFormat.csv), rows)
+    if fmt == OutputFormat.csv:
+        tables.as_csv(rows, cols, headers=headers)
+        return
     if not rows:
-        console.print("(none)")
+        # a person sees that the list is empty; a pipe gets no line at all
+        (sys.stdout if tty else sys.stderr).write("(none)\n")
         return
-    if isinstance(data, dict) and columns is None:
-        table = Table(show_header=False, title=title)
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")
-        for k, v in data.items():
-            table.add_row(str(k), _cell(v))
-        console.print(table)
+    if tty:
+        tables.rich_table(rows, cols, headers=headers, title=title, console=stdout_console(), drop=spec.drop,
+                          wide=fmt == OutputFormat.wide)
         return
-    cols = list(columns or rows[0].keys())
-    table = Table(title=title)
-    for c in cols:
-        table.add_column(c.split(".")[-1], overflow="fold")
-    for row in rows:
-        table.add_row(*[_cell(_pick(row, c)) for c in cols])
-    console.print(table)
-
-
-def _pick(row: Any, path: str) -> Any:
-    cur = row
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
-
-
-def _cell(v: Any) -> str:
-    if v is None or v == "":
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, list):
-        return ", ".join(_cell(x) if isinstance(x, dict | list) else str(x) for x in v) or "-"
-    if isinstance(v, dict):
-        return " ".join(f"{k}={_cell(x)}" for k, x in v.items()) or "-"
-    return str(v)
+    if title and headers:
+        sys.stdout.write(f"{title}\n")
+    tables.plain(rows, cols, headers=headers)

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from provisioner.cli import exitcodes
 from provisioner.cli.groups import host_app, rack_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, err_console, handle_errors
+from provisioner.cli.output import OutputFormat, OutputOpt, YesOpt, client, confirm, emit, handle_errors, stderr_console
 from provisioner.client import ProvClient
 from provisioner.errors import ProvError
 
@@ -70,8 +70,8 @@ def _finish(rows: list[dict[str, Any]], output: OutputFormat, title: str | None 
     emit(rows, output, columns=RESULT_COLUMNS if output == OutputFormat.table else None, title=title)
     failed = [r for r in rows if not r.get("ok")]
     if failed:
-        err_console.print(f"{len(failed)} of {len(rows)} host(s) failed", highlight=False)
-        raise typer.Exit(6)
+        stderr_console().print(f"{len(failed)} of {len(rows)} host(s) failed", highlight=False)
+        raise typer.Exit(exitcodes.PEER)
 
 
 @contextlib.contextmanager
@@ -120,9 +120,12 @@ def host_power(
     action: Annotated[HostPowerVerb, typer.Argument(help="on, off, soft-off, cycle, reset or status")],
     names: Annotated[list[str], typer.Argument(help="host names or ids")],
     no_wait: Annotated[bool, typer.Option("--no-wait", help="do not wait for the BMC to confirm")] = False,
+    yes: YesOpt = False,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Power hosts on/off/cycle, or show their power state (asks the BMC now)."""
+    if action not in (HostPowerVerb.on, HostPowerVerb.status):  # a person is asked; a script goes on
+        confirm(f"Power {action.value} {', '.join(names)}?", yes, refuse_off_terminal=False)
     with client() as c:
         if action == HostPowerVerb.status:
             rows = [_one(c, n, lambda cl, n: cl.get(_host(n, "power")), "power status") for n in names]
@@ -168,7 +171,7 @@ def host_verify(
     emit(rows, output, columns=["host", "state", "power_state", "last_error"] if output == OutputFormat.table
          else None)
     if any(not r["ok"] for r in rows):
-        raise typer.Exit(6)
+        raise typer.Exit(exitcodes.PEER)
 
 
 @rack_app.command("power")
@@ -177,9 +180,12 @@ def rack_power(
     action: Annotated[RackPowerVerb, typer.Argument(help="status, on, off, soft-off or cycle")],
     rack: Annotated[str, typer.Argument(help="rack name or id")],
     no_wait: Annotated[bool, typer.Option("--no-wait", help="do not wait for the BMCs to confirm")] = False,
+    yes: YesOpt = False,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Power every host of a rack at once, with a progress bar and a per-host result table."""
+    if action not in (RackPowerVerb.on, RackPowerVerb.status):  # a person is asked; a script goes on
+        confirm(f"Power {action.value} every host of rack {rack}?", yes, refuse_off_terminal=False)
     with client() as c:
         if action == RackPowerVerb.status:
             data = c.get(_rack(rack, "power"))
@@ -190,11 +196,14 @@ def rack_power(
         task_id = started["task_id"]
         task = _follow(c, task_id, f"power {action.value} {rack}", quiet=output != OutputFormat.table)
     if task.get("status") != "succeeded":
-        raise typer.Exit(6)
+        raise typer.Exit(exitcodes.PEER)
     _finish(list(task.get("result", {}).get("results", [])), output, title=f"rack {rack}: power {action.value}")
 
 
 def _follow(c: ProvClient, task_id: int, label: str, *, quiet: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err_console = stderr_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=quiet, transient=False) as bar:
         bar_id = bar.add_task(label, total=None)

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from provisioner import validators
+from provisioner.cli.choices import ContainerEngine, InstallMethod, OsFamily, Playbook, values
 from provisioner.cli.groups import profile_app
 from provisioner.cli.host import check
-from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors, items
+from provisioner.cli.output import (
+    Columns,
+    NoHeadersOpt,
+    OutputFormat,
+    OutputOpt,
+    YesOpt,
+    client,
+    confirm,
+    emit,
+    handle_errors,
+    items,
+)
 from provisioner.errors import InvalidInput
 
-PROFILE_COLUMNS = ["name", "os_family", "install_method", "container_engine", "playbooks"]
-INSTALL_METHODS = ("kickstart", "preseed", "autoinstall", "image")
-OS_FAMILIES = ("debian", "ubuntu", "rhel")
-ENGINES = ("docker", "podman", "none")
+PROFILE_COLUMNS = Columns(table=("name", "os_family", "install_method", "container_engine", "playbooks"),
+                          drop=("playbooks", "container_engine"))
+INSTALL_METHODS = tuple(values(list(InstallMethod)))
+OS_FAMILIES = tuple(values(list(OsFamily)))
+ENGINES = tuple(values(list(ContainerEngine)))
 
 
 def profile_path(name: str) -> str:
@@ -45,6 +58,8 @@ def _choice(field: str, value: str | None, allowed: tuple[str, ...]) -> str | No
 
 
 def profile_body(**fields: Any) -> dict[str, Any]:
+    fields = {k: (v.value if isinstance(v, enum.Enum) else values(v) if k == "playbooks" and v else v)
+              for k, v in fields.items()}
     body: dict[str, Any] = {}
     _choice("--os-family", fields.get("os_family"), OS_FAMILIES)
     _choice("--install-method", fields.get("install_method"), INSTALL_METHODS)
@@ -59,8 +74,8 @@ def profile_body(**fields: Any) -> dict[str, Any]:
     return body
 
 
-OsFamilyOpt = Annotated[str | None, typer.Option("--os-family", help="debian, ubuntu or rhel")]
-MethodOpt = Annotated[str | None, typer.Option("--install-method", help="kickstart, preseed, autoinstall or image")]
+OsFamilyOpt = Annotated[OsFamily | None, typer.Option("--os-family", help="the installed OS's family")]
+MethodOpt = Annotated[InstallMethod | None, typer.Option("--install-method", help="how the OS gets on the disk")]
 KernelOpt = Annotated[str | None, typer.Option("--kernel-url", help="installer kernel URL")]
 InitrdOpt = Annotated[str | None, typer.Option("--initrd-url", help="installer initrd URL")]
 ImageOpt = Annotated[str | None, typer.Option("--image-url", help="disk image URL (install method image)")]
@@ -68,8 +83,10 @@ ChecksumOpt = Annotated[str | None, typer.Option("--image-checksum", help="sha25
 TemplateOpt = Annotated[str | None, typer.Option("--template", help="override the method's default template")]
 KargsOpt = Annotated[str | None, typer.Option("--kernel-args", help="extra kernel command line")]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="template parameter key=value (repeatable)")]
-PlaybookOpt = Annotated[list[str] | None, typer.Option("--playbook", help="playbook to run after install (repeatable)")]
-EngineOpt = Annotated[str | None, typer.Option("--container-engine", help="docker, podman or none")]
+PlaybookOpt = Annotated[
+    list[Playbook] | None, typer.Option("--playbook", help="playbook to run after install (repeatable)")
+]
+EngineOpt = Annotated[ContainerEngine | None, typer.Option("--container-engine", help="container engine to install")]
 
 
 @profile_app.command("add")
@@ -90,7 +107,7 @@ def add(
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Create an OS profile."""
-    body = {"name": check("name", validators.validate_slug, name)} | profile_body(
+    body = {"name": check("name", "validate_slug", name)} | profile_body(
         os_family=os_family,
         install_method=install_method,
         kernel_url=kernel_url,
@@ -111,14 +128,15 @@ def add(
 @profile_app.command("list")
 @handle_errors
 def list_(
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
-    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="page size")] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip this many profiles")] = 0,
     output: OutputFormat = OutputOpt,
+    no_headers: NoHeadersOpt = False,
 ) -> None:
     """List OS profiles."""
     with client() as c:
         rows = items(c.get("/api/v1/profiles", params={"limit": limit, "offset": offset}))
-    emit(rows, output, columns=PROFILE_COLUMNS if output == OutputFormat.table else None)
+    emit(rows, output, columns=PROFILE_COLUMNS, headers=not no_headers)
 
 
 @profile_app.command("show")
@@ -168,8 +186,9 @@ def set_(
 
 @profile_app.command("rm")
 @handle_errors
-def rm(name: Annotated[str, typer.Argument(help="profile name or id")]) -> None:
+def rm(name: Annotated[str, typer.Argument(help="profile name or id")], yes: YesOpt = False) -> None:
     """Delete a profile that no host uses."""
+    confirm(f"Delete profile {name}?", yes)
     with client() as c:
         c.delete(profile_path(name))
     typer.echo(f"profile {name} deleted")

@@ -6,11 +6,13 @@ from typing import Annotated, Any
 
 import typer
 
+from provisioner.cli.choices import TaskStatus
 from provisioner.cli.groups import task_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors, items
+from provisioner.cli.output import Columns, NoHeadersOpt, OutputFormat, OutputOpt, client, emit, handle_errors, items
 from provisioner.client import ApiError
 
-TASK_COLUMNS = ["id", "kind", "host", "status", "step", "progress", "created_at", "error"]
+TASK_COLUMNS = Columns(table=("id", "kind", "host", "status", "step", "progress", "created_at", "error"),
+                       drop=("created_at", "step", "progress"))
 
 
 def _row(t: dict[str, Any]) -> dict[str, Any]:
@@ -22,11 +24,12 @@ def _row(t: dict[str, Any]) -> dict[str, Any]:
 @handle_errors
 def list_(
     host: Annotated[str | None, typer.Option("--host", help="only tasks of this host")] = None,
-    status: Annotated[str | None, typer.Option("--status", help="pending|running|succeeded|failed|cancelled")] = None,
+    status: Annotated[TaskStatus | None, typer.Option("--status", help="only tasks in this status")] = None,
     kind: Annotated[str | None, typer.Option("--kind", help="install, power, configure...")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
-    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="page size")] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip this many tasks")] = 0,
     output: OutputFormat = OutputOpt,
+    no_headers: NoHeadersOpt = False,
 ) -> None:
     """List tasks, newest first."""
     params: dict[str, Any] = {"limit": limit, "offset": offset}
@@ -35,8 +38,8 @@ def list_(
             params[key] = val
     with client() as c:
         rows = items(c.get("/api/v1/tasks", params=params))
-    if output == OutputFormat.table:
-        emit([_row(t) for t in rows], output, columns=TASK_COLUMNS)
+    if output.tabular:
+        emit([_row(t) for t in rows], output, columns=TASK_COLUMNS, headers=not no_headers)
     else:
         emit(rows, output)
 

@@ -13,15 +13,16 @@ from urllib.parse import quote
 import typer
 
 from provisioner.cli.groups import virt_app
-from provisioner.cli.output import OutputFormat, OutputOpt, client, console, emit, handle_errors
-from provisioner.drivers.virt.preflight import VirtReport, collect_facts, evaluate
+from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors
 from provisioner.errors import ProvError
-from provisioner.settings import get_settings
 
 
 def local_report(uri: str | None = None) -> dict[str, Any]:
     """The pre-flight of this machine; libvirt's view is added when its daemon answers."""
-    from provisioner.drivers.virt.libvirt import open_connection  # libvirt only when needed
+    # imported when a check runs, not with the CLI (libvirt, the settings stack)
+    from provisioner.drivers.virt.libvirt import open_connection
+    from provisioner.drivers.virt.preflight import collect_facts, evaluate
+    from provisioner.settings import get_settings
 
     uri = uri or get_settings().virt_uri
     domcaps = None
@@ -38,6 +39,8 @@ def local_report(uri: str | None = None) -> dict[str, Any]:
 
 
 def print_report(data: dict[str, Any]) -> None:
+    from provisioner.drivers.virt.preflight import VirtReport
+
     report = VirtReport.from_dict({k: v for k, v in data.items() if k in VirtReport.__dataclass_fields__})
     facts = report.facts
     cpu = facts.get("cpu", {})
@@ -60,7 +63,7 @@ def print_report(data: dict[str, Any]) -> None:
     emit(head, OutputFormat.table, title="virtualisation pre-flight")
     emit(report.rows(), OutputFormat.table, columns=["check", "verdict", "detail"])
     for w in report.warnings:
-        console.print(f"warning: {w}", markup=False, highlight=False)
+        typer.echo(f"warning: {w}")
 
 
 @virt_app.command("check")
@@ -68,7 +71,7 @@ def print_report(data: dict[str, Any]) -> None:
 def check(
     host: Annotated[str | None, typer.Argument(help="an enrolled host (default: this machine)")] = None,
     output: OutputFormat = OutputOpt,
-    uri: Annotated[str | None, typer.Option(help="libvirt URI for the local check")] = None,
+    uri: Annotated[str | None, typer.Option("--uri", help="libvirt URI for the local check")] = None,
     stored: Annotated[bool, typer.Option("--stored", help="show the stored report instead of measuring")] = False,
 ) -> None:
     """Can this host run KVM guests? VT-x/AMD-V, SLAT, nested, IOMMU, SR-IOV and libvirt cross-check."""

@@ -134,7 +134,7 @@ def test_check_mode_reports_hand_edit_and_changes_nothing(rig: Rig) -> None:
     t0 = time.monotonic()
     cli = rig.cli("drift", "--config", "--output", "json")
     second_check = time.monotonic() - t0
-    assert cli.returncode == 1, cli.stdout + cli.stderr  # drift -> exit 1
+    assert cli.returncode == 8, cli.stdout + cli.stderr  # drift -> exit 8
     rows = json.loads(cli.stdout)
     assert [(r["object"], r["kind"]) for r in rows] == [(f"host/{name}", "config")], rows
     # Only the edited file's task (and the reload it notifies) would change: on the rest of this

@@ -88,7 +88,7 @@ def test_lab_up_runs_its_own_libvirtd_powers_on_in_time_and_down_removes_everyth
         status = _prov(ctl, "lab", "status", "--lab-dir", str(lab_dir), "--output", "json")
         assert status.returncode == 0 and json.loads(status.stdout)[0]["guest"] == "running"
 
-        down = _prov(ctl, "lab", "down", "--lab-dir", str(lab_dir))
+        down = _prov(ctl, "lab", "down", "--yes", "--lab-dir", str(lab_dir))
         assert down.returncode == 0, down.stderr[-2000:]
         assert not lab_dir.exists()
         assert subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode != 0
@@ -103,6 +103,6 @@ def test_lab_up_runs_its_own_libvirtd_powers_on_in_time_and_down_removes_everyth
         assert "lab-01" not in names
     finally:
         if state_file.exists():
-            _prov(ctl, "lab", "down", "--lab-dir", str(lab_dir))
+            _prov(ctl, "lab", "down", "--yes", "--lab-dir", str(lab_dir))
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
         shutil.rmtree(lab_dir, ignore_errors=True)

@@ -186,7 +186,7 @@ def test_vm_lifecycle(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert r.exit_code == 0 and json.loads(r.stdout)["state"] == "shutoff"
     assert json.loads(prov(server, tmp_path, "vm", "start", name, "-o", "json").stdout)["state"] == "running"
     assert prov(server, tmp_path, "vm", "console", name).exit_code == 0
-    r = prov(server, tmp_path, "vm", "rm", name, "-o", "json")
+    r = prov(server, tmp_path, "vm", "rm", name, "--yes", "-o", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["reservations_released"] == ["52:54:00:66:00:01"]
     assert name not in prov(server, tmp_path, "vm", "list", "-o", "json").stdout
 
@@ -230,7 +230,7 @@ def test_vm_create_and_rm_on_an_enrolled_kvm_host_follow_tasks(server, tmp_path)
     with server_client(server) as c:
         events = c.get("/api/v1/hosts/kvm1/events")["data"]
         assert {"guest-create", "guest-created"} <= {e["event"] for e in events if name in e["message"]}
-    r = prov(server, tmp_path, "vm", "rm", name, "--host", "kvm1", "--no-wait", "-o", "json")
+    r = prov(server, tmp_path, "vm", "rm", name, "--host", "kvm1", "--no-wait", "--yes", "-o", "json")
     assert r.exit_code == 0, r.output
     task = json.loads(r.stdout)
     assert task["kind"] == "guest-delete" and task["link"] == f"/api/v1/tasks/{task['id']}"

@@ -44,7 +44,7 @@ def test_profile_add_list_show_set_rm(prov: Prov, uid: str) -> None:
     r = prov("profile", "add", f"x-{uid}", "--image-checksum", "md5:abc")
     assert r.exit_code == 2 and "image_checksum" in one_error_line(r)
     assert prov("profile", "show", name).exit_code == 0
-    assert prov("profile", "rm", name).exit_code == 0
+    assert prov("profile", "rm", name, "--yes").exit_code == 0
     assert prov("profile", "show", name).exit_code == 3
 
 
@@ -67,7 +67,8 @@ def test_login_writes_private_config(prov: Prov, live_api: LiveServer, tmp_path:
     r = prov("login", "--url", live_api.url, "--token-stdin", input=live_api.token + "\n", env=no_env)
     assert r.exit_code == 0, r.output
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
-    assert yaml.safe_load(cfg.read_text()) == {"url": live_api.url, "token": live_api.token}
+    assert yaml.safe_load(cfg.read_text()) == {
+        "current": "default", "profiles": {"default": {"url": live_api.url, "token": live_api.token}}}
     assert live_api.token not in r.output
 
     # later commands use the saved URL and token

@@ -22,7 +22,7 @@ def test_rack_add_list_show_rm(prov: Prov, uid: str) -> None:
     r = prov("rack", "show", name)
     assert r.exit_code == 0 and "dc1" in r.stdout and "no hosts" in r.stdout
 
-    r = prov("rack", "rm", name)
+    r = prov("rack", "rm", name, "--yes")
     assert r.exit_code == 0
     r = prov("rack", "show", name)
     assert r.exit_code == 3

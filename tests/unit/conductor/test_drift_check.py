@@ -194,10 +194,10 @@ def test_cli_last_shows_stored_result_without_recomputing(monkeypatch: pytest.Mo
     row = {"object": "host/web01", "kind": "powered-off", "detail": "should be running"}
     last = {"applied_id": 3, "checked_at": "2026-11-29T00:00:00+00:00", "interval": 300, "count": 1, "drift": [row]}
     code, out, paths = _cli(monkeypatch, last)
-    assert code == 1 and "host/web01" in out and "powered-off" in out and "2026-11-29T00:00:00" in out
+    assert code == 8 and "host/web01" in out and "powered-off" in out and "2026-11-29T00:00:00" in out  # 8: drift
     assert paths == ["/api/v1/gitops/drift/last"]  # one read: no world fetched, nothing recomputed
     code, out, _ = _cli(monkeypatch, last, "--output", "json")
-    assert code == 1 and '"kind": "powered-off"' in out
+    assert code == 8 and '"kind": "powered-off"' in out
     code, out, _ = _cli(monkeypatch, {**last, "checked_at": None, "drift": [], "count": 0})
     assert code == 0 and "has not checked" in out and "every 300 s" in out
     code, out, _ = _cli(monkeypatch, {**last, "drift": [], "count": 0})
