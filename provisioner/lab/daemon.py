@@ -33,6 +33,8 @@ BMC_USER = "admin"
 _READY = "daemon.ready"
 
 
+# Writes each guest's BMC config (passwords in files, never on a command line), starts the daemon in
+# its own session and waits for its ready file; every step is recorded in state.json as it is made.
 def start_daemon(spec: LabSpec, lab_dir: Path, state: LabState) -> None:
     bmcs = []
     for i in range(spec.hosts):

@@ -65,6 +65,8 @@ def ensure_libvirtd(uri: str, lab_dir: Path) -> tuple[str, int | None]:
     return handle.uri, handle.proc.pid
 
 
+# The guests, powered off, in a directory pool of their own; returns the virt type chosen
+# (recorded in state.json one by one, so lab down removes a half-made set too).
 def make_guests(spec: LabSpec, lab_dir: Path, state: LabState) -> str:
     from provisioner.drivers.virt.libvirt import open_connection
     from provisioner.drivers.virt.spec import DiskSpec, GuestSpec, NicSpec
