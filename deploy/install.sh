@@ -86,6 +86,12 @@ stamp=".venv/.prov-installed${extra}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".${extra}"
+  # The OpenAPI client generator in a venv of its own: it pins typer and httpx below the CLI's
+  # (tests/integration/api/test_openapi_clients.py runs it).
+  if [ "$DEV" = 1 ]; then
+    [ -x .venv/codegen/bin/python ] || "$PY" -m venv .venv/codegen
+    .venv/codegen/bin/pip install -q "openapi-python-client>=0.21,<0.30"
+  fi
   touch "$stamp"
 fi
 echo "prov: installed ($(.venv/bin/prov --version 2>/dev/null || echo prov)); run: .venv/bin/prov serve"
