@@ -23,7 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provisioner import __version__
-from provisioner.api import lifespan
+from provisioner.api import lifespan, openapi
 from provisioner.api.deps import require_token
 from provisioner.api.error_text import is_public, public_validation_error, reply_body, reply_text
 from provisioner.api.middleware import BodyLimitMiddleware, GcTuningMiddleware, Metrics, MetricsMiddleware
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="prov",
         version=__version__,
         description="Bare-metal and VM provisioning: power, network boot, KVM guests, configuration.",
+        **openapi.APP_OPTIONS,  # readable operation ids; /docs and /redoc served locally (api/openapi.py)
     )
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
@@ -177,4 +178,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in OPERATOR_ROUTERS:
         app.include_router(router, prefix="/api/v1", dependencies=[Depends(require_token)])
     lifespan.install(app, settings)
+    openapi.install(app)
     return app
