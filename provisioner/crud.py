@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func
+from sqlalchemy import Text, cast, delete, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -350,7 +350,8 @@ def delete_host(session: Session, host: Host) -> None:
             field="state", current_state=host.state, allowed_events=lifecycle.allowed_events(host.state),
         )
     session.execute(delete(Nic).where(col(Nic.host_id) == host.id))
-    session.execute(delete(Event).where(col(Event.host_id) == host.id))
+    # Its history stays, detached and named, so it can still be read by name (crud_audit.py).
+    session.execute(update(Event).where(col(Event.host_id) == host.id).values(host_id=None, host_name=host.name))
     session.delete(host)
     _commit(session)
     log.info("host %s deleted", host.name, extra={"host": host.name})

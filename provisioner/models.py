@@ -120,6 +120,9 @@ class Task(TaskBase, RowId, table=True):
 # --------------------------------------------------------------------------- history
 class Event(EventBase, RowId, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
+    # Set when the host is deleted (crud.delete_host detaches its rows: host_id NULL), so a
+    # deleted host's history stays readable by name (GET /api/v1/hosts/{name}/events).
+    host_name: str | None = Field(default=None, max_length=63, index=True)
 
 
 # --------------------------------------------------------------------------- auth
@@ -130,6 +133,10 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     last_used_at: datetime | None = None
     revoked: bool = Field(default=False)
+    # Space-separated, among auth.SCOPES (admin | operator | viewer | installer); rows made
+    # before scopes existed could do everything, so they are admin (migration 0004).
+    scopes: str = Field(default="admin", max_length=128, sa_column_kwargs={"server_default": "admin"})
+    expires_at: datetime | None = None  # refused from then on; None: never expires
 
 
 # --------------------------------------------------------------------------- GitOps
@@ -156,3 +163,32 @@ class InventoryApply(SQLModel, table=True):
     # when it ran and what it found (a list of {object, kind, detail}); None until the first pass.
     drift_checked_at: datetime | None = Field(default=None)
     drift: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+# --------------------------------------------------------------------------- audit
+class AuditLog(SQLModel, table=True):
+    """One change made through the API: who, what, to which object, and a short summary.
+
+    Written by provisioner/audit.py in the transaction of the change it describes. Never
+    holds a secret: secret fields read ``(set)``/``(changed)``. Rows are never updated;
+    the object is named (not a foreign key), so a deleted object's history stays.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        # the two filters of GET /api/v1/audit, newest first (id descending)
+        Index("ix_audit_log_object", "object_type", "object_name", "id"),
+        Index("ix_audit_log_actor", "actor", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=128)  # "token:<name>", as in host history
+    token_id: int | None = None
+    context: str = Field(default="", max_length=64)  # X-Prov-Context (e.g. the git commit applied)
+    action: str = Field(max_length=32)  # create | update | delete | revoke | install | power-on | ...
+    object_type: str = Field(max_length=32)  # host | rack | profile | template | token | task | ...
+    object_id: int | None = None
+    object_name: str = Field(default="", max_length=255)
+    summary: str = Field(default="", sa_column=Column(Text, nullable=False))
+    request: str = Field(default="", max_length=255)  # "PATCH /api/v1/hosts/{host}"

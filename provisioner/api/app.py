@@ -24,10 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provisioner import __version__
 from provisioner.api import lifespan, openapi
+from provisioner.api.audit_context import AuditMiddleware
 from provisioner.api.deps import require_token
 from provisioner.api.error_text import is_public, public_validation_error, reply_body, reply_text
 from provisioner.api.middleware import BodyLimitMiddleware, GcTuningMiddleware, Metrics, MetricsMiddleware
 from provisioner.api.routes import (
+    audit,
     boot_files,
     boot_scripts,
     configure,
@@ -45,6 +47,7 @@ from provisioner.api.routes import (
     racks,
     tasks,
     templates,
+    tokens,
     virt,
 )
 from provisioner.errors import ProvError
@@ -61,8 +64,9 @@ PUBLIC_ROUTERS: tuple[APIRouter, ...] = (
     boot_files.router, boot_scripts.router, health.router, installer.router, metrics.router,
 )
 OPERATOR_ROUTERS: tuple[APIRouter, ...] = (
-    configure.router, events.router, gitops.router, guests.router, host_install.router, hosts.router,
-    inventory.router, power.router, profiles.router, racks.router, tasks.router, templates.router, virt.router,
+    audit.router, configure.router, events.router, gitops.router, guests.router, host_install.router, hosts.router,
+    inventory.router, power.router, profiles.router, racks.router, tasks.router, templates.router, tokens.router,
+    virt.router,
 )
 
 
@@ -169,6 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     # The last added is the outermost: metrics see every response (413s too); the body limit
     # runs before any route reads the body.
+    # Innermost: the audit context it sets reaches the dependencies, the route and its threads.
+    app.add_middleware(AuditMiddleware, settings=settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(GcTuningMiddleware)  # after start-up: gc.freeze() and fewer young collections

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlmodel import Session, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from provisioner.api import principals
+from provisioner.api.principals import Principal
 from provisioner.auth import hash_token
 from provisioner.db import get_engine
 from provisioner.errors import Unauthorized
-from provisioner.models import ApiToken
 from provisioner.settings import Settings, get_settings
 
 # The dependencies below are ``async def`` although they do no async work: FastAPI runs a plain
@@ -45,20 +46,24 @@ SettingsDep = Annotated[Settings, Depends(settings_dep)]
 
 CONTEXT_HEADER = "x-prov-context"
 # A valid token is remembered this long, saving one query per request (the API
-# bench's hot path). A revoked token therefore stops working within this many seconds.
+# bench's hot path). A token revoked elsewhere (``prov token revoke`` on the controller's
+# machine, another controller process) therefore stops working within this many seconds;
+# one revoked through this process's API at once (forget_token). Expiry is checked on
+# every request, cached or not.
 TOKEN_CACHE_TTL = 10.0
 _TOKEN_CACHE_MAX = 1024
-_token_cache: dict[tuple[str, str], tuple[str, float]] = {}
+_token_cache: dict[tuple[str, str], tuple[Principal, float]] = {}
 
 
-def _lookup_token(settings: Settings, digest: str) -> str | None:
-    with Session(get_engine(settings)) as session:
-        row = session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
-        return None if row is None or row.revoked else f"token:{row.name}"
+def forget_token(digest: str) -> None:
+    """Drop a token from this process's cache (it was just revoked)."""
+    for key in [k for k in _token_cache if k[1] == digest]:
+        _token_cache.pop(key, None)
 
 
 async def require_token(request: Request, settings: SettingsDep) -> str:
-    """Operator auth: ``Authorization: Bearer <token>``; returns the token's name (the actor)."""
+    """Operator auth: ``Authorization: Bearer <token>`` whose scopes allow this route
+    (api/scopes.py, else 403); returns the token's name (the actor)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -67,20 +72,27 @@ async def require_token(request: Request, settings: SettingsDep) -> str:
     key = (settings.db_url, hash_token(token.strip()))
     cached = _token_cache.get(key)
     if cached is not None and cached[1] > time.monotonic():
-        actor = cached[0]
+        principal = cached[0]
     else:
-        found = await run_in_threadpool(_lookup_token, settings, key[1])
+        found = await run_in_threadpool(principals.lookup, settings, key[1])
         if found is None:
             _token_cache.pop(key, None)
             raise Unauthorized()
-        actor = found
+        principal = found
         if len(_token_cache) > _TOKEN_CACHE_MAX:
             _token_cache.clear()
-        _token_cache[key] = (actor, time.monotonic() + TOKEN_CACHE_TTL)
+        _token_cache[key] = (principal, time.monotonic() + TOKEN_CACHE_TTL)
+    if principal.expired():
+        _token_cache.pop(key, None)
+        raise Unauthorized("API token expired")
     # Callers may say on whose behalf they act (``prov apply --git`` sends the commit), so
     # every history line written for this request names it. Printable ASCII only, bounded.
     context = request.headers.get(CONTEXT_HEADER, "")
     context = "".join(ch for ch in context if 32 <= ord(ch) < 127)[:56].strip()
+    if principals.claim_touch(principal):  # last_used_at: at most one write a minute per token
+        await run_in_threadpool(principals.touch, settings, principal)
+    principals.authorize(request, principal, context)
+    actor = principal.actor
     return f"{actor} ({context})" if context else actor
 
 

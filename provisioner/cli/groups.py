@@ -64,7 +64,7 @@ app = typer.Typer(cls=ProvGroup, no_args_is_help=True, add_completion=True, rich
 host_app = typer.Typer(no_args_is_help=True, help="Hosts: enrol, inspect, power, install, configure.")
 rack_app = typer.Typer(no_args_is_help=True, help="Racks and rack-wide actions.")
 profile_app = typer.Typer(no_args_is_help=True, help="OS profiles.")
-token_app = typer.Typer(no_args_is_help=True, help="API tokens (run on the controller's machine).")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens: through the API when logged in, else on this machine.")
 template_app = typer.Typer(no_args_is_help=True, help="Install and boot templates.")
 virt_app = typer.Typer(no_args_is_help=True, help="Host virtualisation pre-flight.")
 vm_app = typer.Typer(no_args_is_help=True, help="KVM guests through libvirt.")

@@ -1,19 +1,28 @@
-"""``prov serve`` and ``prov token create|list|revoke``: the commands that run on the controller itself.
+"""``prov serve`` and ``prov token create|list|revoke``: the controller, and its API tokens.
 
-They work directly on the database in PROV_DATA_DIR (or PROV_DATABASE_URL);
-every other command is a client of the REST API. The work itself is in
-provisioner/server.py, imported inside each command so that no other command
-loads the database layer or the web framework.
+``prov serve`` runs on the controller itself. ``prov token`` goes through the API
+(an admin token) when the CLI is logged in to a controller, and works directly on
+the database in PROV_DATA_DIR (or PROV_DATABASE_URL) otherwise or with ``--local``:
+that is how the first tokens are made, and how an admin token lost is replaced. The
+local work is in provisioner/server.py, imported inside each command so that no
+other command loads the database layer or the web framework.
 """
 
 from __future__ import annotations
 
+import enum
+import os
+import re
 import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import typer
 
 from provisioner.cli.groups import app, token_app
-from provisioner.cli.output import OutputFormat, OutputOpt, emit, handle_errors
+from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle_errors, items
+from provisioner.client import config_path
+from provisioner.errors import NotFound
 
 
 @app.command("serve")
@@ -39,31 +48,136 @@ def serve(
     server.run(settings)
 
 
+# --------------------------------------------------------------------------- prov token
+# Through the API (admin token needed) when the CLI is logged in to a controller (PROV_URL,
+# PROV_TOKEN, PROV_PROFILE or a client file from ``prov login``); otherwise, or with --local,
+# on the database of this machine's controller (provisioner/server.py).
+
+
+class Scope(enum.StrEnum):
+    """provisioner/auth.py's SCOPES (spelled out: the CLI loads no database code for its help)."""
+
+    admin = "admin"
+    operator = "operator"
+    viewer = "viewer"
+    installer = "installer"
+
+
+TOKEN_COLUMNS = ["id", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked"]
+LocalOpt = Annotated[bool, typer.Option(
+    "--local", help="work on this machine's controller database, even when logged in to a controller")]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _remote(local: bool) -> bool:
+    if local:
+        return False
+    if any(os.environ.get(k) for k in ("PROV_URL", "PROV_TOKEN", "PROV_PROFILE")):
+        return True
+    return config_path().is_file()
+
+
+def parse_duration(text: str) -> int:
+    """``3600``, ``90m``, ``12h``, ``30d``, ``2w`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw]?)\s*", text.lower())
+    if m is None:
+        raise typer.BadParameter("a duration such as 3600, 90m, 12h, 30d or 2w", param_hint="--expires-in")
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter("an ISO 8601 time such as 2027-01-31T00:00:00Z", param_hint="--expires-at") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    return [{k: row.get(k) for k in TOKEN_COLUMNS} for row in (data if isinstance(data, list) else [data])]
+
+
 @token_app.command("create")
 @handle_errors
-def token_create(name: str = typer.Option("admin", "--name", help="who the token is for (shows in history)")) -> None:
-    """Create an API token (prints it once on stdout). Runs against the local database."""
-    from provisioner import server
-
-    if not name or len(name) > 64:
+def token_create(
+    name: Annotated[str | None, typer.Option("--name", help="who the token is for (shows in history and audit); "
+                                                           "default: its scopes")] = None,
+    scope: Annotated[list[Scope] | None, typer.Option(
+        "--scope", help="what it may do (repeat for several; default operator)")] = None,
+    expires_in: Annotated[str | None, typer.Option(
+        "--expires-in", metavar="DURATION", help="lifetime: 3600, 90m, 12h, 30d or 2w")] = None,
+    expires_at: Annotated[str | None, typer.Option(
+        "--expires-at", metavar="TIME", help="when it stops working (ISO 8601, UTC unless an offset is given)")] = None,
+    local: LocalOpt = False,
+    output: Annotated[OutputFormat | None, typer.Option(
+        "--output", "-o", help="json or yaml: the token's row with the token; default: the token alone")] = None,
+) -> None:
+    """Create an API token and print it once (only its hash is stored)."""
+    scopes = [str(s) for s in dict.fromkeys(scope or [Scope.operator])]
+    name = name or "-".join(scopes)
+    if len(name) > 64:
         raise typer.BadParameter("1-64 characters", param_hint="--name")
-    sys.stdout.write(server.create_token(name) + "\n")
+    if expires_in is not None and expires_at is not None:
+        raise typer.BadParameter("give --expires-in or --expires-at, not both", param_hint="--expires-in")
+    seconds = parse_duration(expires_in) if expires_in is not None else None
+    when = _parse_time(expires_at) if expires_at is not None else None
+    if _remote(local):
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        if seconds is not None:
+            body["expires_in"] = seconds
+        if when is not None:
+            body["expires_at"] = when.isoformat()
+        with client() as c:
+            created = c.post("/api/v1/tokens", json=body)
+    else:
+        from provisioner import server
+
+        if seconds is not None:
+            when = datetime.now(UTC) + timedelta(seconds=seconds)
+        created = server.create_token(name, scopes=scopes, expires_at=when)
+    if output is None:
+        sys.stdout.write(str(created["token"]) + "\n")
+    else:
+        emit({**_rows(created)[0], "token": created["token"]}, output)
 
 
 @token_app.command("list")
 @handle_errors
-def token_list(output: OutputFormat = OutputOpt) -> None:
-    """API tokens by id and name (never the tokens: only their hashes are stored)."""
-    from provisioner import server
+def token_list(local: LocalOpt = False, output: OutputFormat = OutputOpt) -> None:
+    """API tokens: id, name, scopes, expiry, last use (never the tokens: only their hashes are stored)."""
+    if _remote(local):
+        with client() as c:
+            rows = _rows(items(c.get("/api/v1/tokens", params={"limit": 1000})))
+    else:
+        from provisioner import server
 
-    emit(server.list_tokens(), output, columns=server.TOKEN_COLUMNS)
+        rows = _rows(server.list_tokens())
+    emit(rows, output, columns=TOKEN_COLUMNS)
+
+
+def _revoke_remote(ident: str) -> list[dict[str, Any]]:
+    with client() as c:
+        if ident.isascii() and ident.isdigit():
+            ids = [int(ident)]
+        else:
+            ids = [int(t["id"]) for t in items(c.get("/api/v1/tokens", params={"limit": 1000}))
+                   if t.get("name") == ident]
+            if not ids:
+                raise NotFound(kind="token", name=ident)
+        for token_id in ids:
+            c.delete(f"/api/v1/tokens/{token_id}")
+        return [c.get(f"/api/v1/tokens/{token_id}") for token_id in ids]
 
 
 @token_app.command("revoke")
 @handle_errors
-def token_revoke(ident: str = typer.Argument(..., help="token id, or a name (revokes every token of that name)"),
-                 output: OutputFormat = OutputOpt) -> None:
-    """Revoke API tokens; the API refuses them within 10 s (its token cache), no restart needed."""
-    from provisioner import server
+def token_revoke(ident: Annotated[str, typer.Argument(help="token id, or a name (revokes every token of that name)")],
+                 local: LocalOpt = False, output: OutputFormat = OutputOpt) -> None:
+    """Revoke API tokens: refused at once by the controller that revoked it, within 10 s by any other."""
+    if _remote(local):
+        rows = _rows(_revoke_remote(ident))
+    else:
+        from provisioner import server
 
-    emit(server.revoke_tokens(ident), output, columns=server.TOKEN_COLUMNS)
+        rows = _rows(server.revoke_tokens(ident))
+    emit(rows, output, columns=TOKEN_COLUMNS)
