@@ -4,7 +4,7 @@ Typer labels a value by its Python annotation (``<str>``, ``<bool>``,
 ``<list[str]>``). After the command tree is built, every option that takes a
 free value is given a metavar named after it (``--bmc-address ADDRESS``, a path
 ``FILE``/``DIR``), flags lose the label, arguments are shown by their upper-case
-name; options with a fixed set of values keep Typer's list of choices.
+name; options with a fixed set of values show their choices (``<a|b|c>``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def polish(command: Any) -> Any:
     """Set metavars on every command of the tree (in place); returns the command."""
     for param in command.params:
         if isinstance(param, TyperOption):
+            desc: Any = getattr(param, "type_descriptor", None)
+            if param.metavar is None and _is_choice(param) and getattr(desc, "is_list", False):
+                # a repeatable option: its choices, not ``<list[a|b]>`` (the help says it repeats)
+                param.metavar = "<" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + ">"
             if param.metavar is not None or _is_choice(param):
                 continue
             param.metavar = "" if (param.is_flag or param.count) else metavar_for(param)

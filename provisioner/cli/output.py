@@ -56,7 +56,9 @@ OutputOpt = typer.Option(
     help="table (fits the terminal), wide (every column), json, yaml, name (one per line) or csv",
 )
 NoHeadersOpt = Annotated[bool, typer.Option("--no-headers", help="leave out the header line (table, wide, csv)")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation (needed off a terminal)")]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="do not ask for confirmation (off a terminal, a delete needs it)")
+]
 
 _consoles: dict[str, Console] = {}
 

@@ -91,14 +91,23 @@ def grid(rows: Sequence[dict[str, Any]], cols: Sequence[str], empty: str = "-") 
     return [[cell(pick(r, c), empty) for c in cols] for r in rows]
 
 
-def fit(cols: Sequence[str], cells: list[list[str]], width: int, drop: Sequence[str] = ()) -> list[str]:
-    """The columns that fit ``width`` on a terminal, leaving out ``drop`` first, then from the right."""
+def _measure(cols: Sequence[str], cells: list[list[str]]) -> tuple[dict[str, int], dict[str, bool]]:
+    """Each column's natural width, and whether it is free text (has spaces: may be shortened)."""
     natural = {c: max([len(header(c)), *(len(r[i]) for r in cells)]) for i, c in enumerate(cols)}
     text = {c: any(" " in r[i] for r in cells) for i, c in enumerate(cols)}
+    return natural, text
+
+
+def _frame(n: int) -> int:
+    return _FRAME_PER_COLUMN * n + 1
+
+
+def fit(cols: Sequence[str], cells: list[list[str]], width: int, drop: Sequence[str] = ()) -> list[str]:
+    """The columns that fit ``width`` on a terminal, leaving out ``drop`` first, then from the right."""
+    natural, text = _measure(cols, cells)
 
     def need(cs: Sequence[str]) -> int:
-        cols_width = sum(min(natural[c], MIN_TEXT) if text[c] else natural[c] for c in cs)
-        return cols_width + _FRAME_PER_COLUMN * len(cs) + 1
+        return sum(min(natural[c], MIN_TEXT) if text[c] else natural[c] for c in cs) + _frame(len(cs))
 
     kept = list(cols)
     order = [c for c in drop if c in kept] + [c for c in reversed(kept[1:]) if c not in drop]
@@ -109,29 +118,44 @@ def fit(cols: Sequence[str], cells: list[list[str]], width: int, drop: Sequence[
     return kept
 
 
+def widths(cols: Sequence[str], cells: list[list[str]], width: int | None) -> dict[str, int]:
+    """Every column's width: values without spaces whole, free text sharing what is left (``None``: all whole)."""
+    natural, text = _measure(cols, cells)
+    if width is None:
+        return natural
+    room = width - _frame(len(cols)) - sum(natural[c] for c in cols if not text[c])
+    free = [c for c in cols if text[c]]
+    out = dict(natural)
+    if free and sum(natural[c] for c in free) > room:
+        share = max(MIN_TEXT, room // len(free))
+        for c in free:
+            out[c] = min(natural[c], share)
+    return out
+
+
 def rich_table(rows: Sequence[dict[str, Any]], cols: Sequence[str], *, headers: bool, title: str | None,
                console: Console, drop: Sequence[str] = (), wide: bool = False) -> None:
     """A rich table on a terminal: fitted to its width (or, ``wide``, as wide as the rows need)."""
+    from rich.console import Console
     from rich.table import Table
 
     cells = grid(rows, cols)
     shown = list(cols) if wide else fit(cols, cells, console.width, drop)
     index = [list(cols).index(c) for c in shown]
+    cells = [[r[i] for i in index] for r in cells]
+    sizes = widths(shown, cells, None if wide else console.width)
     table = Table(title=title, show_header=headers)
-    for pos, c in zip(index, shown, strict=True):
-        texts = [r[pos] for r in cells]
-        natural = max([len(header(c)), *(len(t) for t in texts)])
-        is_text = any(" " in t for t in texts)
-        # a value without spaces (MAC, state, name) keeps its whole width; free text gets an ellipsis
-        table.add_column(header(c), no_wrap=True, overflow="ellipsis", min_width=None if is_text else natural)
+    for c in shown:
+        # one line per row: a cell never folds; only free text is shortened, with an ellipsis
+        table.add_column(header(c), no_wrap=True, overflow="ellipsis", width=sizes[c])
     for r in cells:
-        table.add_row(*[r[pos] for pos in index], style=None)
+        table.add_row(*r)
     if wide:
-        need = sum(max([len(header(c)), *(len(r[p]) for r in cells)]) for p, c in zip(index, shown, strict=True))
-        console.print(table, width=max(console.width, need + _FRAME_PER_COLUMN * len(shown) + 1),
-                      markup=False, highlight=False)
-    else:
-        console.print(table, markup=False, highlight=False)
+        # as wide as the rows need, past the terminal's edge if it must (the terminal wraps the lines)
+        need = sum(sizes.values()) + _frame(len(shown))
+        if need > console.width:
+            console = Console(file=console.file, width=need, soft_wrap=False)
+    console.print(table, markup=False, highlight=False)
 
 
 def plain(rows: Sequence[dict[str, Any]], cols: Sequence[str], *, headers: bool, out: TextIO | None = None) -> None:
