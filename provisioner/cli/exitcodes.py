@@ -29,7 +29,7 @@ MEANING: dict[int, str] = {
     ERROR: "error: an action or a task failed, `apply` had failures, anything not listed below",
     USAGE: "usage error or input refused (bad option, bad value, HTTP 422); `plan`: changes pending",
     NOT_FOUND: "not found (HTTP 404)",
-    CONFLICT: "conflict or invalid state (HTTP 409, 412): duplicate, transition not allowed, stale plan",
+    CONFLICT: "conflict or invalid state (HTTP 409, 412): duplicate, transition not allowed",
     AUTH: "API token refused (HTTP 401, 403)",
     PEER: "a peer failed: BMC (`bmc_*`), libvirt, boot services, Ansible, lab (HTTP 502, 504)",
     UNREACHABLE: "the prov controller could not be reached",
