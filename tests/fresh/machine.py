@@ -19,6 +19,7 @@ its CA certificates are copied in, as a fresh machine of this kind has them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import shutil
@@ -137,6 +138,16 @@ def _apt_options() -> str:
     return "\n".join(dict.fromkeys(keep))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies, however it dies.
+
+    unshare ignores SIGTERM while it waits for its child, and --kill-child only ties the machine's
+    PID 1 to unshare; this ties unshare to us, so a killed test run leaves no machine behind.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Result:
     returncode: int
@@ -214,7 +225,8 @@ exec chroot {r} /bin/sleep infinity
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--fork", "--kill-child",
              "--propagation", "private", "/bin/sh", "-c", setup],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
