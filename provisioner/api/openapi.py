@@ -183,6 +183,10 @@ def _is_fastapi_validation(response: dict[str, Any]) -> bool:
     return ref.rsplit("/", 1)[-1] in _FASTAPI_VALIDATION
 
 
+def _is_envelope(response: dict[str, Any]) -> bool:
+    return bool(response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref") == ERROR_REF)
+
+
 def _document_errors(op: dict[str, Any], operator: bool) -> None:
     responses: dict[str, Any] = op["responses"]
     tags = op.get("tags") or []
@@ -199,6 +203,10 @@ def _document_errors(op: dict[str, Any], operator: bool) -> None:
     for number in codes:
         responses.setdefault(str(number), {"description": _DESCRIPTIONS[number]})
     for code, response in responses.items():
+        if code[:1] == "2":
+            for media, body in response.get("content", {}).items():
+                if media.startswith("text/") and not body.get("schema"):  # PlainTextResponse, /metrics
+                    body["schema"] = {"type": "string"}
         if code[:1] not in ("4", "5"):
             continue
         if _is_fastapi_validation(response):
@@ -206,7 +214,7 @@ def _document_errors(op: dict[str, Any], operator: bool) -> None:
             response.pop("content")
         if "content" not in response:
             response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
-        if code in ("429", "503"):
+        if code in ("429", "503") and _is_envelope(response):  # /readyz's 503 is its own
             response.setdefault("headers", {}).update(_RETRY_AFTER)
     op["responses"] = dict(sorted(responses.items()))
 

@@ -7,6 +7,7 @@ history lines the run wrote after ``after`` (the CLI's live view polls it).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -19,6 +20,7 @@ from provisioner.api.pagination import MAX_ID, RowId
 from provisioner.conductor import configure
 from provisioner.errors import NotFound
 from provisioner.models import Event, Host, Task
+from provisioner.schemas import TaskPublic
 
 router = APIRouter(tags=["configure"])
 
@@ -35,6 +37,21 @@ class ConfigureBody(BaseModel):
         return configure.ConfigureRequest(
             playbooks=list(self.playbooks), engine=self.engine, vars=dict(self.vars), admin_keys=list(self.admin_keys)
         )
+
+
+class ConfigureEvent(BaseModel):
+    id: int
+    host: str | None
+    event: str
+    from_state: str | None
+    to_state: str | None
+    message: str
+    created_at: datetime
+
+
+class ConfigureStatus(BaseModel):
+    task: TaskPublic = Field(description="the run (its params without the admin keys)")
+    events: list[ConfigureEvent] = Field(description="the history lines it wrote after ``after``")
 
 
 def task_public(task: Task) -> dict[str, Any]:
@@ -55,7 +72,7 @@ def task_public(task: Task) -> dict[str, Any]:
     }
 
 
-@router.post("/hosts/{host}/configure", status_code=202)
+@router.post("/hosts/{host}/configure", status_code=202, response_model=TaskPublic)
 def configure_host(host: str, body: ConfigureBody, session: SessionDep, settings: SettingsDep,
                    actor: ActorDep) -> dict[str, Any]:
     row = crud.get_host(session, host)
@@ -63,7 +80,7 @@ def configure_host(host: str, body: ConfigureBody, session: SessionDep, settings
     return task_public(task)
 
 
-@router.post("/racks/{rack}/configure", status_code=202)
+@router.post("/racks/{rack}/configure", status_code=202, response_model=TaskPublic)
 def configure_rack(rack: str, body: ConfigureBody, session: SessionDep, settings: SettingsDep,
                    actor: ActorDep) -> dict[str, Any]:
     row = crud.get_rack(session, rack)
@@ -73,7 +90,7 @@ def configure_rack(rack: str, body: ConfigureBody, session: SessionDep, settings
     return task_public(task)
 
 
-@router.get("/configure/{task_id}")
+@router.get("/configure/{task_id}", response_model=ConfigureStatus)
 def configure_status(task_id: RowId, session: SessionDep,
                      after: int = Query(0, ge=0, le=MAX_ID,
                                         description="only history lines with a larger id")) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from provisioner.api.deps import ActorDep, SettingsDep
 from provisioner.conductor import guests
@@ -25,7 +25,56 @@ from provisioner.schemas import TaskPublic
 
 router = APIRouter(tags=["guests"])
 
-_TASK: dict[int | str, dict[str, Any]] = {202: {"description": "queued: the task (id, kind, status...) and its link"}}
+
+class GuestOut(BaseModel):
+    """A guest as the driver describes it (drivers/virt); NICs and disks keep the driver's keys."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    uuid: str
+    state: str
+    virt_type: str | None
+    vcpus: int
+    memory_mib: int
+    nics: list[dict[str, Any]]
+    disks: list[dict[str, Any]]
+    console_log: str | None
+    managed: bool = Field(description="made by prov (carries prov's metadata)")
+
+
+class GuestList(BaseModel):
+    data: list[GuestOut]
+    count: int
+
+
+class GuestState(BaseModel):
+    name: str
+    state: str
+
+
+class GuestStopped(GuestState):
+    stopped: str = Field(description="how: shutdown (ACPI) or destroyed")
+
+
+class GuestConsole(BaseModel):
+    name: str
+    lines: list[str]
+
+
+class TaskAccepted(TaskPublic):
+    link: str = Field(description="where to follow the task")
+
+
+class GuestPlan(BaseModel):
+    """The dry run: the verdict, the domain XML and what would be made (drivers/virt plan_guest)."""
+
+    model_config = ConfigDict(extra="allow")
+    dry_run: bool
+    verdict: str
+
+
+_TASK: dict[int | str, dict[str, Any]] = {
+    202: {"description": "queued: the task (id, kind, status...) and its link", "model": TaskAccepted}}
 
 
 class StopRequest(BaseModel):
@@ -39,13 +88,15 @@ def _accepted(task: Task, response: Response) -> dict[str, Any]:
     return {**TaskPublic.model_validate(task).model_dump(mode="json"), "link": link}
 
 
-@router.get("/hosts/{host}/guests")
+@router.get("/hosts/{host}/guests", response_model=GuestList)
 def list_guests(host: str, settings: SettingsDep) -> dict[str, Any]:
     rows = guests.list_guests(settings, host)
     return {"data": rows, "count": len(rows)}
 
 
-@router.post("/hosts/{host}/guests", status_code=202, responses={200: {"description": "the dry run's plan"}, **_TASK})
+# Two answers (the plan, 200, or the task, 202): documented per status, not validated.
+@router.post("/hosts/{host}/guests", status_code=202, response_model=None,
+             responses={200: {"description": "the dry run's plan", "model": GuestPlan}, **_TASK})
 def create_guest(host: str, spec: GuestSpec, settings: SettingsDep, actor: ActorDep, response: Response,
                  dry_run: bool = False, start: bool = True) -> dict[str, Any]:
     if dry_run:
@@ -54,32 +105,32 @@ def create_guest(host: str, spec: GuestSpec, settings: SettingsDep, actor: Actor
     return _accepted(guests.submit_create(settings, host, spec, start=start, actor=actor), response)
 
 
-@router.get("/hosts/{host}/guests/{name}")
+@router.get("/hosts/{host}/guests/{name}", response_model=GuestOut)
 def show_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
     return guests.show(settings, host, name)
 
 
-@router.delete("/hosts/{host}/guests/{name}", status_code=202, responses=_TASK)
+@router.delete("/hosts/{host}/guests/{name}", status_code=202, response_model=TaskAccepted, responses=_TASK)
 def delete_guest(host: str, name: str, settings: SettingsDep, actor: ActorDep, response: Response,
                  volumes: bool = True) -> dict[str, Any]:
     return _accepted(guests.submit_delete(settings, host, name, volumes=volumes, actor=actor), response)
 
 
-@router.post("/hosts/{host}/guests/{name}/start")
+@router.post("/hosts/{host}/guests/{name}/start", response_model=GuestState)
 def start_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
     return guests.start(settings, host, name)
 
 
-@router.post("/hosts/{host}/guests/{name}/stop")
+@router.post("/hosts/{host}/guests/{name}/stop", response_model=GuestStopped)
 def stop_guest(host: str, name: str, body: StopRequest, settings: SettingsDep) -> dict[str, Any]:
     return guests.stop(settings, host, name, timeout=body.timeout, force=body.force)
 
 
-@router.post("/hosts/{host}/guests/{name}/reboot")
+@router.post("/hosts/{host}/guests/{name}/reboot", response_model=GuestState)
 def reboot_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
     return guests.reboot(settings, host, name)
 
 
-@router.get("/hosts/{host}/guests/{name}/console")
+@router.get("/hosts/{host}/guests/{name}/console", response_model=GuestConsole)
 def guest_console(host: str, name: str, settings: SettingsDep, lines: int = 50) -> dict[str, Any]:
     return guests.console_tail(settings, host, name, lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -12,13 +13,25 @@ from provisioner.api.deps import SessionDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready | unavailable")
+    schema_: str | None = Field(None, alias="schema", description="the database's migration revision (ready)")
+    reason: str | None = Field(None, description="why not (unavailable)")
+
+
+@router.get("/healthz", response_model=Health)
 def healthz() -> dict[str, str]:
     """The process is up and serving requests."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "database not reachable or schema not migrated"}})
+# The answer is built here (JSONResponse): the models document it, nothing is validated.
+@router.get("/readyz", response_model=Readiness, responses={
+    503: {"description": "database not reachable or schema not migrated", "model": Readiness}})
 def readyz(session: SessionDep) -> JSONResponse:
     """The database answers and the schema has been migrated."""
     try:

@@ -44,6 +44,43 @@ class RackBootDeviceRequest(BootDeviceRequest):
     background: bool = False
 
 
+class PowerResultOut(BaseModel):
+    """One host's answer (conductor/power.py PowerResult)."""
+
+    host: str
+    host_id: int
+    ok: bool
+    action: str
+    power_state: str
+    error: str | None = Field(description="error code when not ok: bmc_auth, bmc_timeout, bmc_unreachable...")
+    message: str
+    attempts: int
+    seconds: float
+    details: dict[str, Any]
+
+
+class VerifyOut(BaseModel):
+    host: str
+    state: str
+    last_error: str | None
+    power_state: str | None
+
+
+class RackPowerOut(BaseModel):
+    rack: str
+    results: list[PowerResultOut]
+    count: int
+    failed: int = Field(description="hosts whose call failed")
+
+
+class RackTaskOut(BaseModel):
+    """``background: true``: follow the task at /api/v1/tasks/{task_id}."""
+
+    rack: str
+    task_id: int
+    status: str
+
+
 def _summary(results: list[power_service.PowerResult]) -> dict[str, Any]:
     rows = [r.to_dict() for r in results]
     return {"results": rows, "count": len(rows), "failed": sum(1 for r in results if not r.ok)}
@@ -52,19 +89,19 @@ def _summary(results: list[power_service.PowerResult]) -> dict[str, Any]:
 # The routes below wait on BMCs: async, no request-scoped session (the power service reads and
 # writes in short sessions of its own, none open across a BMC call), the wait in the network-I/O
 # threads (api/offload.py), so dead BMCs hold neither pooled connections nor shared threads.
-@router.get("/hosts/{host}/power")
+@router.get("/hosts/{host}/power", response_model=PowerResultOut)
 async def get_host_power(host: str, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
     """Ask the BMC now (and record the answer on the host)."""
     return await run_network_io(lambda: power_service.get_power(host, settings=settings, actor=actor).to_dict())
 
 
-@router.post("/hosts/{host}/power")
+@router.post("/hosts/{host}/power", response_model=PowerResultOut)
 async def post_host_power(host: str, body: PowerRequest, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
     return await run_network_io(lambda: power_service.power_action(
         host, body.action, settings=settings, wait=body.wait, actor=actor).to_dict())
 
 
-@router.put("/hosts/{host}/boot-device")
+@router.put("/hosts/{host}/boot-device", response_model=PowerResultOut)
 async def put_host_boot_device(host: str, body: BootDeviceRequest, settings: SettingsDep,
                                actor: ActorDep) -> dict[str, Any]:
     return await run_network_io(lambda: power_service.set_boot_device(
@@ -72,7 +109,7 @@ async def put_host_boot_device(host: str, body: BootDeviceRequest, settings: Set
         actor=actor).to_dict())
 
 
-@router.post("/hosts/{host}/verify")
+@router.post("/hosts/{host}/verify", response_model=VerifyOut)
 async def post_host_verify(host: str, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
     """enrolled|available|verify-failed -> verifying -> available|verify-failed (answers when done).
 
@@ -103,7 +140,7 @@ def _rack_task(rack_id: int, kind: str, fn: Any, settings: Any, params: dict[str
     return {"task_id": task.id, "status": task.status}
 
 
-@router.get("/racks/{rack}/power")
+@router.get("/racks/{rack}/power", response_model=RackPowerOut)
 async def get_rack_power(rack: str, settings: SettingsDep) -> dict[str, Any]:
     def run() -> dict[str, Any]:
         rid, name = power_service.rack_ref(rack, settings=settings)
@@ -112,7 +149,7 @@ async def get_rack_power(rack: str, settings: SettingsDep) -> dict[str, Any]:
     return await run_network_io(run)
 
 
-@router.post("/racks/{rack}/power")
+@router.post("/racks/{rack}/power", response_model=RackTaskOut | RackPowerOut)
 async def post_rack_power(rack: str, body: RackPowerRequest, settings: SettingsDep, actor: ActorDep) -> dict[str, Any]:
     return await run_network_io(lambda: _post_rack_power(rack, body, settings, actor))
 
@@ -130,7 +167,7 @@ def _post_rack_power(rack: str, body: RackPowerRequest, settings: SettingsDep, a
     return {"rack": name, **_summary(fn())}
 
 
-@router.put("/racks/{rack}/boot-device")
+@router.put("/racks/{rack}/boot-device", response_model=RackTaskOut | RackPowerOut)
 async def put_rack_boot_device(rack: str, body: RackBootDeviceRequest, settings: SettingsDep,
                                actor: ActorDep) -> dict[str, Any]:
     return await run_network_io(lambda: _put_rack_boot_device(rack, body, settings, actor))

@@ -10,6 +10,7 @@ from anyio import CapacityLimiter
 from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from provisioner import crud, isolated, templates_catalog
 from provisioner.api.deps import SessionDep, SettingsDep
@@ -31,7 +32,24 @@ def _upload_limiter() -> CapacityLimiter:
         return limiter
 
 
-@router.get("/templates")
+class TemplateOut(BaseModel):
+    """One template (templates_catalog.TemplateInfo)."""
+
+    kind: str
+    name: str
+    source: str = Field(description="builtin | user")
+    path: str
+    overrides_builtin: bool
+    ok: bool | None = Field(description="an upload's check passed (null when not checked)")
+    error: str | None
+
+
+class TemplateList(BaseModel):
+    data: list[TemplateOut]
+    count: int
+
+
+@router.get("/templates", response_model=TemplateList)
 def list_templates(settings: SettingsDep, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and kind not in templates_catalog.KINDS:
         raise InvalidInput(field="kind", reason=f"unknown template kind {kind!r}")
@@ -49,8 +67,14 @@ def show_template(kind: str, name: str, settings: SettingsDep) -> PlainTextRespo
     raise NotFound(kind="template", name=f"{kind}/{name}")
 
 
-@router.put("/templates/{kind}/{name}", openapi_extra={"requestBody": {"required": True, "content": {
-    "text/plain": {"schema": {"type": "string", "description": "Jinja2 template source"}}}}})
+# The body is read raw whatever its type; octet-stream is listed too for client generators
+# that cannot send text/plain (openapi-python-client).
+_SOURCE = {"type": "string", "description": "Jinja2 template source (UTF-8)"}
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "text/plain": {"schema": _SOURCE}, "application/octet-stream": {"schema": {**_SOURCE, "format": "binary"}}}}}
+
+
+@router.put("/templates/{kind}/{name}", response_model=TemplateOut, openapi_extra=_UPLOAD_BODY)
 async def upload_template(kind: str, name: str, request: Request, settings: SettingsDep) -> dict[str, Any]:
     """Body: the template source as text. Rejected (422, naming the problem) unless it renders cleanly.
 

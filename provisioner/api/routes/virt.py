@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
 
 from provisioner.api.deps import SettingsDep
 from provisioner.conductor import virt
@@ -20,7 +21,34 @@ from provisioner.conductor import virt
 router = APIRouter(tags=["virt"])
 
 
-@router.get("/hosts/{host}/virt")
+class GenerationOut(BaseModel):
+    id: str
+    name: str
+    verdict: str = Field(description="pass | warn | fail")
+    detail: str
+
+
+class VirtReportOut(BaseModel):
+    """drivers/virt/preflight.py VirtReport, with the host it describes."""
+
+    model_config = ConfigDict(extra="allow")
+    host: str
+    uri: str
+    overall: str = Field(description="pass | warn | fail")
+    summary: str
+    kvm_allowed: bool
+    nested_allowed: bool
+    cpu_vendor: str
+    kvm_module: str | None
+    generations: list[GenerationOut]
+    warnings: list[str] = []
+    facts: dict[str, Any] = {}
+    libvirt: dict[str, Any] = {}
+    checked_at: str | None = None
+
+
+# Documented, not validated: a report stored by an older controller may lack newer keys.
+@router.get("/hosts/{host}/virt", response_model=None, responses={200: {"model": VirtReportOut}})
 def get_host_virt(host: str, settings: SettingsDep, refresh: bool = False) -> dict[str, Any]:
     """The host's virtualisation report (stored; ``refresh=true`` measures it again)."""
     return virt.host_report(settings, host, refresh=refresh)
