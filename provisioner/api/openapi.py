@@ -164,12 +164,14 @@ def _unique_ids(schema: dict[str, Any]) -> None:
     """Make every operationId unique, deterministically (FastAPI walks a route's methods as a set)."""
     ops = list(_operations(schema))
     counts = Counter(op.get("operationId") for _, _, op in ops)
+    paths: dict[Any, set[str]] = {}
+    for path, _, op in ops:  # before any renaming
+        paths.setdefault(op.get("operationId"), set()).add(path)
     for _path, method, op in ops:
         oid = op.get("operationId")
         if counts[oid] < 2:
             continue
-        same_route = len({p for p, _, o in ops if o.get("operationId") == oid}) == 1
-        new = oid if same_route else f"{(op.get('tags') or ['api'])[0]}_{oid}"
+        new = oid if len(paths[oid]) == 1 else f"{(op.get('tags') or ['api'])[0]}_{oid}"
         op["operationId"] = new if method == "get" else f"{new}_{method}"
     counts = Counter(op["operationId"] for _, _, op in ops)
     for path, method, op in ops:  # last resort: the path itself, unique with the method
