@@ -79,7 +79,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 def test_the_wheel_carries_the_package_data(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     src = ROOT / "provisioner"
-    needed = [p.relative_to(ROOT).as_posix() for sub in ("migrations", "templates", "playbooks", "lab/recipes")
+    subs = ("migrations", "templates", "playbooks", "lab/recipes", "api/static")  # static: /docs, /redoc
+    needed = [p.relative_to(ROOT).as_posix() for sub in subs
               for p in (src / sub).rglob("*")
               if p.is_file() and "__pycache__" not in p.parts and p.name != "README"]  # Alembic's, for humans
     needed.append("provisioner/py.typed")
