@@ -7,9 +7,9 @@ Only two things are cached, both downloads and never an installed result:
 * downloaded ``.deb`` files and pip's download/wheel cache, bind-mounted over
   the root's ``/var/cache/apt/archives`` and ``$PIP_CACHE_DIR``.
 
-The root runs in new mount, PID, UTS, IPC and network namespaces
+The root is a tmpfs in new mount, PID, UTS, IPC and network namespaces
 (``unshare``; PID 1 is ``sleep infinity`` chrooted into it, so killing it ends
-every process of the machine). Its network has only loopback: the way out is
+every process of the machine and frees the root). Its network has only loopback: the way out is
 tests/fresh/egress.py's proxy, which the root's apt and pip are configured to
 use exactly as a machine behind an HTTP proxy is (``Acquire::http::Proxy``,
 ``https_proxy``). This machine's own apt sources, the apt options they need and
@@ -156,25 +156,37 @@ class Result:
 
 @dataclass
 class FreshMachine:
-    """A running pristine root; ``sh()`` runs a command in it as root (or ``user``)."""
+    """A running pristine root; ``sh()`` runs a command in it as root (or ``user``).
+
+    The root is a tmpfs mounted inside the machine's own mount namespace: it goes away with the
+    machine (no multi-GB ``rm -rf``, which this machine's discard-mounted disk makes slow), and
+    from outside it is reached through ``/proc/<its PID 1>/root`` (``root``).
+    """
 
     dir: Path
-    root: Path = field(init=False)
+    mountpoint: Path = field(init=False)  # where the root is mounted, as the machine's namespace sees it
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     init_pid: int = field(default=0, init=False)
     proxy: Proxy | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.root = self.dir / "root"
+        self.mountpoint = self.dir / "root"
+
+    @property
+    def root(self) -> Path:
+        """The machine's root directory, from this machine (valid while it runs)."""
+        if not self.init_pid:
+            raise RuntimeError("the machine is not running")
+        return Path(f"/proc/{self.init_pid}/root")
 
     # ------------------------------------------------------------------ set-up
-    def unpack(self) -> None:
-        self.root.mkdir(parents=True)
-        subprocess.run(["tar", "-C", str(self.root), "--numeric-owner", "-xf", str(minbase_tarball())],
-                       check=True, timeout=600)
-        etc = self.root / "etc"
+    def _overlay(self) -> Path:
+        """What goes over the minbase tree: this machine's way to its mirrors, and the proxy."""
+        top = self.dir / "overlay"
+        etc = top / "etc"
+        for d in ("apt/sources.list.d", "apt/apt.conf.d", "dpkg/dpkg.cfg.d", "ssl/certs"):
+            (etc / d).mkdir(parents=True, exist_ok=True)
         # This machine's apt sources and the options they need; the proxy is the way out.
-        (etc / "apt/sources.list").unlink(missing_ok=True)
         sources = Path("/etc/apt/sources.list.d")
         for src in [*sources.glob("*.sources"), *sources.glob("*.list")]:
             shutil.copy(src, etc / "apt/sources.list.d" / src.name)
@@ -190,26 +202,32 @@ class FreshMachine:
         # The CA certificates this machine trusts (its TLS proxy's among them).
         local_ca = Path("/usr/local/share/ca-certificates")
         if local_ca.is_dir():
-            shutil.copytree(local_ca, self.root / "usr/local/share/ca-certificates", dirs_exist_ok=True)
-        (etc / "ssl/certs").mkdir(parents=True, exist_ok=True)
+            shutil.copytree(local_ca, top / "usr/local/share/ca-certificates", dirs_exist_ok=True)
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", etc / "ssl/certs/ca-certificates.crt")
         (etc / "hostname").write_text("fresh\n")
         (etc / "hosts").write_text("127.0.0.1 localhost fresh\n::1 localhost\n")
-        (etc / "resolv.conf").unlink(missing_ok=True)
         (etc / "resolv.conf").write_text("# no DNS: apt and pip go through the proxy on 127.0.0.1\n")
+        (top / "var/cache/prov-fresh-pip").mkdir(parents=True, exist_ok=True)
+        return top
 
     def start(self) -> None:
+        tarball = minbase_tarball()
+        overlay = self._overlay()
         apt_cache = CACHE / "apt-archives"
         pip_cache = CACHE / "pip"
         for d in (apt_cache / "partial", pip_cache):
             d.mkdir(parents=True, exist_ok=True)
         pip_cache.chmod(0o1777)  # a sudo user's pip shares it (downloads only)
-        (self.root / "var/cache/prov-fresh-pip").mkdir(parents=True, exist_ok=True)
+        self.mountpoint.mkdir(parents=True)
         sock = self.dir / "egress.sock"
         self.proxy = Proxy(sock)
-        r = str(self.root)
+        r = str(self.mountpoint)
         setup = f"""
 set -e
+mount -t tmpfs -o mode=0755,size=16g prov-fresh {r}
+tar -C {r} --numeric-owner -xf {tarball}
+rm -f {r}/etc/apt/sources.list {r}/etc/resolv.conf
+cp -a {overlay}/. {r}/
 ip link set lo up
 mount -t proc proc {r}/proc
 mount -t sysfs -o ro sysfs {r}/sys
@@ -227,17 +245,18 @@ exec chroot {r} /bin/sleep infinity
              "--propagation", "private", "/bin/sh", "-c", setup],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise RuntimeError(f"the fresh machine did not start: {out}")
             child = self._child()
-            if child and os.readlink(f"/proc/{child}/root") == r and self._relay_up(child):
-                self.init_pid = child
-                return
+            with contextlib.suppress(OSError):
+                if child and os.readlink(f"/proc/{child}/root") == r and self._relay_up(child):
+                    self.init_pid = child
+                    return
             time.sleep(0.1)
-        raise RuntimeError("the fresh machine did not start within 30 s")
+        raise RuntimeError("the fresh machine did not start within 120 s")
 
     def _child(self) -> int:
         assert self.proc
@@ -260,8 +279,11 @@ exec chroot {r} /bin/sleep infinity
             self.proc.wait(30)
         if self.proxy:
             self.proxy.close()
-        # The mounts went with the mount namespace; --one-file-system guards against any that did not.
-        subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], check=False, timeout=600)
+        self.init_pid = 0
+        # The root (a tmpfs) and every mount went with the mount namespace; what is left is small.
+        with contextlib.suppress(OSError):
+            self.mountpoint.rmdir()
+        shutil.rmtree(self.dir / "overlay", ignore_errors=True)
 
     # ------------------------------------------------------------------ running things inside
     def _argv(self, script: str, user: str | None, cwd: str) -> tuple[list[str], dict[str, str]]:
@@ -291,7 +313,7 @@ exec chroot {r} /bin/sleep infinity
             if not proc.name.isdigit():
                 continue
             with contextlib.suppress(OSError):
-                if os.readlink(proc / "root") == str(self.root) and pattern in (
+                if os.readlink(proc / "root") == str(self.mountpoint) and pattern in (
                         (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")):
                     found.append(int(proc.name))
         return found
@@ -309,7 +331,6 @@ exec chroot {r} /bin/sleep infinity
 def fresh_machine(base: Path) -> Iterator[FreshMachine]:
     m = FreshMachine(base)
     try:
-        m.unpack()
         m.start()
         yield m
     finally:
