@@ -32,12 +32,16 @@ answering, before anyone is told "busy". Netascii is converted as a stream
 
 Per-MAC boot configs (``pxelinux.cfg/01-<mac>``, ``grub.cfg-01-<mac>``,
 ``grub/grub.cfg-01-<mac>``) never exist on disk: a *dynamic hook* renders them
-on request (the conductor passes it in, see :func:`serve`).
+on request (the conductor passes it in, see :func:`serve`). The hook reads a
+database, so it is never called on the listener: the request gets its own
+thread, which asks the hook through a few workers (tftp_hooks.py) and then
+sends the answer; the listener goes on with the next request at once.
 
-The parts: tftp_config.py (TftpConfig, TransferRecord, the dynamic hook),
-tftp_packets.py (tftpy's codec, option negotiation), tftp_files.py (root
-confinement, shared mappings), tftp_transfer.py (one transfer: hot path,
-retries, shedding) and this module (the listener, admission, :func:`serve`).
+The parts: tftp_config.py (TftpConfig, TransferRecord, the dynamic hook and its
+paths), tftp_hooks.py (the hook's workers and deadline), tftp_packets.py
+(tftpy's codec, option negotiation), tftp_files.py (root confinement, shared
+mappings), tftp_transfer.py (one transfer: hot path, retries, shedding) and
+this module (the listener, admission, :func:`serve`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import stat
 import threading
@@ -57,8 +60,9 @@ from tftpy.TftpPacketTypes import TftpPacketWRQ
 from tftpy.TftpShared import TftpErrors
 
 from provisioner.drivers.boot.netascii import NetasciiFile, convert
-from provisioner.drivers.boot.tftp_config import DynamicHook, TftpConfig, TftpNotFound, TransferRecord
+from provisioner.drivers.boot.tftp_config import DynamicHook, TftpConfig, TftpNotFound, TransferRecord, match_dynamic
 from provisioner.drivers.boot.tftp_files import MapCache, Payload, resolve_in_root, safe_relpath
+from provisioner.drivers.boot.tftp_hooks import HookGate
 from provisioner.drivers.boot.tftp_packets import DEFAULT_BLKSIZE, MAX_REQUEST, Refused, error_packet, parse_request
 from provisioner.drivers.boot.tftp_transfer import Transfer, take_sheddable
 from provisioner.errors import BootError
@@ -81,6 +85,7 @@ class TftpServer:
         self._transfers: set[Transfer] = set()
         self._maps = MapCache()
         self._thread: threading.Thread | None = None
+        self._hooks = HookGate(cfg.dynamic, cfg.hook_workers, cfg.hook_deadline) if cfg.dynamic else None
         info = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_DGRAM)[0]
         self.family = info[0]
         self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
@@ -105,6 +110,8 @@ class TftpServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        if self._hooks is not None:
+            self._hooks.shutdown()
         with self._lock:
             running = list(self._transfers)
         for transfer in running:  # wake the ones waiting for an ACK instead of waiting out their timeout
@@ -162,6 +169,7 @@ class TftpServer:
             log.warning("tftp: refused datagram from %s: %s", peer[0], exc.message)
             return
         filename = str(pkt.filename)
+        kind = "WRQ" if isinstance(pkt, TftpPacketWRQ) else "RRQ"
         try:
             if isinstance(pkt, TftpPacketWRQ):
                 raise Refused(TftpErrors.AccessViolation, "write requests are refused")
@@ -169,25 +177,70 @@ class TftpServer:
             if mode not in ("octet", "netascii"):
                 raise Refused(TftpErrors.IllegalTftpOp, f"mode {mode} not supported")
             rel = safe_relpath(filename)
-            payload, closer = self._open(rel, peer, netascii=mode == "netascii")
-            transfer = Transfer(self, peer, rel, payload, dict(pkt.options or {}), closer)
-            try:
-                self._admit(transfer)
-            except Refused:
-                transfer.sock.close()
-                closer()
-                raise
+            options = dict(pkt.options or {})
+            netascii = mode == "netascii"
+            if self._hooks is not None and self.cfg.dynamic_paths(rel):
+                # The hook may wait on a database: the request's own thread asks it (tftp_hooks.py).
+                if not self._hooks.admit(rel, peer):
+                    return  # a resent copy of a request being looked up: that one answers
+                try:
+                    threading.Thread(target=self._serve_dynamic, args=(rel, filename, peer, options, netascii),
+                                     name=f"tftp-xfer-{peer[0]}:{peer[1]}", daemon=True).start()
+                except RuntimeError:
+                    self._hooks.abandon(rel, peer)
+                    raise Refused(TftpErrors.NotDefined, "busy, retry") from None
+                return
+            transfer = self._prepare(rel, peer, options, *self._open_file(rel, netascii=netascii))
         except Refused as exc:
-            log.warning("tftp refused %s %r from %s: %s", "WRQ" if isinstance(pkt, TftpPacketWRQ) else "RRQ",
-                        filename, peer[0], exc.message,
-                        extra={"tftp_client": peer[0], "tftp_file": filename, "tftp_ok": False})
-            self._reply_error(peer, exc.code, exc.message)
-            if self.cfg.on_transfer is not None:
-                with contextlib.suppress(Exception):
-                    self.cfg.on_transfer(TransferRecord(f"{peer[0]}:{peer[1]}", filename, 0, 0.0,
-                                                        DEFAULT_BLKSIZE, 1, False, exc.message))
+            self._refused(kind, filename, peer, exc)
             return
         threading.Thread(target=transfer.run, name=f"tftp-xfer-{peer[0]}:{peer[1]}", daemon=True).start()
+
+    def _serve_dynamic(self, rel: str, filename: str, peer: tuple[str, int], options: dict[str, str],
+                       netascii: bool) -> None:
+        """A request's thread for a hook path: the hook's answer (or the file under the root when
+        it has none), then the transfer itself."""
+        assert self._hooks is not None
+        try:
+            try:
+                content = self._hooks.call(rel, peer)
+            except TftpNotFound as exc:
+                raise Refused(TftpErrors.FileNotFound, "file not found") from exc
+            except Refused:
+                raise
+            except Exception as exc:
+                log.exception("tftp: dynamic file %s failed", rel)
+                raise Refused(TftpErrors.NotDefined, "could not render file") from exc
+            if content is not None:
+                opened: tuple[Payload, Callable[[], None]] = (convert(content) if netascii else content), _noop
+            else:
+                opened = self._open_file(rel, netascii=netascii)
+            transfer = self._prepare(rel, peer, options, *opened)
+        except Refused as exc:
+            self._refused("RRQ", filename, peer, exc)
+            return
+        transfer.run()
+
+    def _prepare(self, rel: str, peer: tuple[str, int], options: dict[str, str], payload: Payload,
+                 closer: Callable[[], None]) -> Transfer:
+        """The transfer for an opened file, holding its slot (or Refused, the file closed)."""
+        transfer = Transfer(self, peer, rel, payload, options, closer)
+        try:
+            self._admit(transfer)
+        except Refused:
+            transfer.sock.close()
+            closer()
+            raise
+        return transfer
+
+    def _refused(self, kind: str, filename: str, peer: tuple[str, int], exc: Refused) -> None:
+        log.warning("tftp refused %s %r from %s: %s", kind, filename, peer[0], exc.message,
+                    extra={"tftp_client": peer[0], "tftp_file": filename, "tftp_ok": False})
+        self._reply_error(peer, exc.code, exc.message)
+        if self.cfg.on_transfer is not None:
+            with contextlib.suppress(Exception):
+                self.cfg.on_transfer(TransferRecord(f"{peer[0]}:{peer[1]}", filename, 0, 0.0,
+                                                    DEFAULT_BLKSIZE, 1, False, exc.message))
 
     def _admit(self, transfer: Transfer) -> None:
         """Give ``transfer`` a slot, shedding one that is not worth its slot if none is free.
@@ -216,17 +269,7 @@ class TftpServer:
         with self._lock:
             self._transfers.discard(transfer)
 
-    def _open(self, rel: str, peer: tuple[str, int], netascii: bool = False) -> tuple[Payload, Callable[[], None]]:
-        if self.cfg.dynamic is not None:
-            try:
-                content = self.cfg.dynamic(rel, peer)
-            except TftpNotFound as exc:
-                raise Refused(TftpErrors.FileNotFound, "file not found") from exc
-            except Exception as exc:
-                log.exception("tftp: dynamic file %s failed", rel)
-                raise Refused(TftpErrors.NotDefined, "could not render file") from exc
-            if content is not None:
-                return (convert(content) if netascii else content), _noop
+    def _open_file(self, rel: str, netascii: bool = False) -> tuple[Payload, Callable[[], None]]:
         path = resolve_in_root(self.cfg.root, rel)
         try:
             # O_NOFOLLOW: the path was resolved above; a symlink swapped in since then is refused.
@@ -250,26 +293,6 @@ class TftpServer:
 
 
 def _noop() -> None:
-    return None
-
-
-# --- per-MAC configs rendered on request ----------------------------------------
-_MAC = r"(?P<mac>[0-9a-f]{2}(?:-[0-9a-f]{2}){5})"
-_DYNAMIC_PATHS = (
-    # pxelinux asks for pxelinux.cfg/01-<mac> (01 = ARP type Ethernet) before falling back
-    (re.compile(rf"^pxelinux\.cfg/01-{_MAC}$"), "pxelinux"),
-    # GRUB's net_bootp/net default config search: grub.cfg-01-<mac>, also under its prefix dir
-    (re.compile(rf"^(?:grub/)?grub\.cfg-01-{_MAC}$"), "grub"),
-)
-
-
-def match_dynamic(rel: str) -> tuple[str, str] | None:
-    """``(kind, mac)`` when ``rel`` is a per-MAC config path, else None."""
-    lowered = rel.lower()
-    for pattern, kind in _DYNAMIC_PATHS:
-        m = pattern.fullmatch(lowered)
-        if m:
-            return kind, m.group("mac").replace("-", ":")
     return None
 
 

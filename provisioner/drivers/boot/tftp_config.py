@@ -1,7 +1,9 @@
-"""What a TFTP server is given (TftpConfig, the per-MAC dynamic hook) and what it reports (TransferRecord)."""
+"""What a TFTP server is given (TftpConfig, the per-MAC dynamic hook and the paths it answers) and
+what it reports (TransferRecord)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +11,31 @@ from pathlib import Path
 from provisioner.drivers.boot.tftp_packets import MAX_BLKSIZE
 
 DynamicHook = Callable[[str, tuple[str, int]], bytes | None]
+
+
+# --- per-MAC configs rendered on request ----------------------------------------
+_MAC = r"(?P<mac>[0-9a-f]{2}(?:-[0-9a-f]{2}){5})"
+_DYNAMIC_PATHS = (
+    # pxelinux asks for pxelinux.cfg/01-<mac> (01 = ARP type Ethernet) before falling back
+    (re.compile(rf"^pxelinux\.cfg/01-{_MAC}$"), "pxelinux"),
+    # GRUB's net_bootp/net default config search: grub.cfg-01-<mac>, also under its prefix dir
+    (re.compile(rf"^(?:grub/)?grub\.cfg-01-{_MAC}$"), "grub"),
+)
+
+
+def match_dynamic(rel: str) -> tuple[str, str] | None:
+    """``(kind, mac)`` when ``rel`` is a per-MAC config path, else None."""
+    lowered = rel.lower()
+    for pattern, kind in _DYNAMIC_PATHS:
+        m = pattern.fullmatch(lowered)
+        if m:
+            return kind, m.group("mac").replace("-", ":")
+    return None
+
+
+def is_dynamic(rel: str) -> bool:
+    """The default ``TftpConfig.dynamic_paths``: the per-MAC config paths."""
+    return match_dynamic(rel) is not None
 
 
 class TftpNotFound(Exception):
@@ -45,5 +72,12 @@ class TftpConfig:
     max_windowsize: int = 64  # a bound on how much we blast before an ACK
     socket_buffer: int = 4 * 1024 * 1024  # SO_SNDBUF/SO_RCVBUF for transfer sockets
     dynamic: DynamicHook | None = None
+    # The paths the hook is asked about; every other path is a file under ``root``.
+    dynamic_paths: Callable[[str], bool] = is_dynamic
+    # The hook may read a database that is slow: it runs on these workers, never on the listener
+    # (tftp_hooks.py). A request finding them all busy, or waiting longer than hook_deadline
+    # seconds for its answer, is told "busy, retry" (PXE clients resend their request).
+    hook_workers: int = 4
+    hook_deadline: float = 3.0
     on_transfer: Callable[[TransferRecord], None] | None = None
     extra: dict[str, str] = field(default_factory=dict)
