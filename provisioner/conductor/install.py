@@ -28,7 +28,7 @@ from provisioner import crud, lifecycle
 from provisioner import states as S
 from provisioner.conductor import install_tokens
 from provisioner.conductor import power as power_svc
-from provisioner.conductor.tasks import RESUMERS, TaskCancelled, TaskContext, get_runner
+from provisioner.conductor.tasks import RESUMERS, TaskCancelled, TaskContext, get_runner, retry_transient
 from provisioner.drivers.power.base import BootDevice, BootSetting, PowerAction, PowerState
 from provisioner.errors import Conflict, DriverError, InvalidInput, ProvError
 from provisioner.models import Host, Profile, Task, utcnow
@@ -131,11 +131,16 @@ def start(session: Session, ident: str | int, req: InstallRequest, *, actor: str
 
 # --------------------------------------------------------------------------- the workflow
 def _host(ctx: TaskContext) -> Host:
+    # Read every POLL by the wait loops: a busy database is waited out, not a crashed install.
+    host = retry_transient(lambda: _read_host(ctx))
+    if host is None:
+        raise InstallFailed(reason=f"host {ctx.host_id} was deleted during the install")
+    return host
+
+
+def _read_host(ctx: TaskContext) -> Host | None:
     with ctx.session() as s:
-        host = s.get(Host, ctx.host_id)
-        if host is None:
-            raise InstallFailed(reason=f"host {ctx.host_id} was deleted during the install")
-        return host
+        return s.get(Host, ctx.host_id)
 
 
 def _fail(ctx: TaskContext, reason: str) -> None:

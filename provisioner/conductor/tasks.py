@@ -13,12 +13,15 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, select
 
 from provisioner import states as S
@@ -33,6 +36,37 @@ log = logging.getLogger(__name__)
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 Runner = Callable[["TaskContext"], dict[str, Any] | None]
+
+
+# Heartbeats skipped in a row before a database outage is treated as one: with a 1 s beat, a
+# minute; the state deadline (timeout checker) bounds the wait anyway.
+MAX_SKIPPED_BEATS = 60
+_T = TypeVar("_T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that clears by itself: a pool wait that timed out, SQLite's "database is
+    locked" after its busy timeout, a PostgreSQL connection that dropped."""
+    if isinstance(exc, (PoolTimeout, TimeoutError)):
+        return True
+    if isinstance(exc, OperationalError):
+        return True  # locked/busy, or the server went away: all worth another try
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_transient(fn: Callable[[], _T], *, attempts: int = 4, backoff: float = 0.25) -> _T:
+    """``fn()``, tried again on a transient database error (:func:`is_transient`) up to
+    ``attempts`` times in all, waiting 0.25, 0.5, 1 s... between tries; then the error is raised.
+    A tiny bounded loop: no retry library is a dependency."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= attempts or not is_transient(exc):
+                raise
+            log.info("database busy (%s), trying again (%d/%d)", exc.__class__.__name__, attempt, attempts)
+            time.sleep(backoff * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 class TaskCancelled(ProvError):
@@ -52,11 +86,36 @@ class TaskContext:
     params: dict[str, Any]
     settings: Settings
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    _skipped_beats: int = field(default=0, repr=False)
 
     def session(self) -> Session:
         return Session(get_engine(self.settings), expire_on_commit=False)
 
     def progress(self, pct: int | None = None, step: str | None = None, result: dict[str, Any] | None = None) -> None:
+        """Record progress (and a heartbeat); raises TaskCancelled once the task was cancelled.
+
+        A transient database error (pool timeout, "database is locked") must not kill the
+        workflow (issue 18: installs crashed in their wait loop's heartbeat): a bare heartbeat is
+        skipped and tried again next beat (up to MAX_SKIPPED_BEATS in a row); a write that
+        carries a step or a result, which a resumed task relies on, is retried with backoff.
+        """
+        beat_only = step is None and not result
+        try:
+            retry_transient(lambda: self._write_progress(pct, step, result), attempts=1 if beat_only else 4)
+        except Exception as exc:
+            if not (beat_only and is_transient(exc)):
+                raise
+            self._skipped_beats += 1
+            if self._skipped_beats > MAX_SKIPPED_BEATS:
+                raise
+            log.warning("task %s: heartbeat skipped (%d in a row), database busy: %s", self.task_id,
+                        self._skipped_beats, exc.__class__.__name__)
+        else:
+            self._skipped_beats = 0
+        if self.cancel_event.is_set():
+            raise TaskCancelled(task_id=self.task_id)
+
+    def _write_progress(self, pct: int | None, step: str | None, result: dict[str, Any] | None) -> None:
         with self.session() as s:
             task = s.get(Task, self.task_id)
             if task is None:
@@ -70,8 +129,6 @@ class TaskContext:
             task.heartbeat_at = utcnow()
             s.add(task)
             s.commit()
-        if self.cancel_event.is_set():
-            raise TaskCancelled(task_id=self.task_id)
 
     def history(
         self, message: str, *, event: str = "note", host_id: int | None = None, actor: str = "conductor"
