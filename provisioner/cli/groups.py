@@ -48,7 +48,7 @@ class ProvGroup(TyperGroup):
 def _usage_error(exc: typer.TyperException) -> int:
     ctx = getattr(exc, "ctx", None)
     if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-        ctx.get_help()  # ``prov host``: typer prints the group's help
+        sys.stdout.write(ctx.get_help() + "\n")  # ``prov host``: the group's help, and 2 as for any usage error
         return exitcodes.USAGE
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]

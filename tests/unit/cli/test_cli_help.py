@@ -135,3 +135,9 @@ def test_version_and_help_import_nothing_heavy() -> None:
                               timeout=60)
         loaded = set(proc.stderr.split())
         assert "prov" in proc.stdout and not loaded & set(HEAVY), (arg, sorted(loaded & set(HEAVY)))
+
+
+def test_a_noun_alone_prints_its_help() -> None:
+    for args in ([], ["host"], ["context"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and r.stdout.startswith("Usage: prov") and "Commands:" in r.stdout, args
