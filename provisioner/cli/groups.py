@@ -32,7 +32,8 @@ class ProvGroup(TyperGroup):
             polish(self)
             self._polished = True
         try:
-            rc = super().main(args=args, prog_name=prog_name or "prov", complete_var=complete_var,
+            # always "prov": under ``python -m provisioner.cli.main`` and CliRunner too, help and errors say prov
+            rc = super().main(args=args, prog_name="prov", complete_var=complete_var,
                               standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         except typer.TyperException as exc:
             rc = _usage_error(exc)
