@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner.api import principals
 from provisioner.api.principals import Principal
 from provisioner.auth import hash_token
-from provisioner.db import get_engine
+from provisioner.db import POOL_TIMEOUT_S, get_engine, request_sessions
 from provisioner.errors import Unauthorized
 from provisioner.settings import Settings, get_settings
 
@@ -28,16 +32,41 @@ async def settings_dep(request: Request) -> Settings:
     return getattr(request.app.state, "settings", None) or get_settings()
 
 
+# Request sessions held at once, per event loop and database (db.request_sessions says why):
+# a request over the limit waits here, on the event loop, instead of on a worker thread in the pool.
+_permits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary())
+# Closing a PostgreSQL session rolls back (a round trip): done on these threads, never on the
+# route threads, which may all be waiting for the very connection this close gives back.
+_closer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prov-db-close")
+
+
+def _permit(url: str) -> asyncio.Semaphore:
+    per_db = _permits.setdefault(asyncio.get_running_loop(), {})
+    sem = per_db.get(url)
+    if sem is None:
+        sem = per_db[url] = asyncio.Semaphore(request_sessions(url))
+    return sem
+
+
 async def get_session(settings: Annotated[Settings, Depends(settings_dep)]) -> AsyncIterator[Session]:
+    permit = _permit(settings.db_url)
+    try:
+        await asyncio.wait_for(permit.acquire(), POOL_TIMEOUT_S)
+    except TimeoutError:
+        # the same answer as a pool timeout: 503 database_busy with Retry-After (api/app.py)
+        raise PoolTimeout(f"no database session free within {POOL_TIMEOUT_S:.0f} s") from None
     session = Session(get_engine(settings), expire_on_commit=False)
     try:
         yield session
     finally:
-        if session.in_transaction() and session.get_bind().dialect.name != "sqlite":
-            # Returning the connection rolls back: a round trip to a PostgreSQL server.
-            await run_in_threadpool(session.close)
-        else:
-            session.close()  # no connection held, or a local SQLite one: no waiting
+        try:
+            if session.in_transaction() and session.get_bind().dialect.name != "sqlite":
+                await asyncio.get_running_loop().run_in_executor(_closer, session.close)
+            else:
+                session.close()  # no connection held, or a local SQLite one: no waiting
+        finally:
+            permit.release()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
