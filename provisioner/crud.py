@@ -21,6 +21,7 @@ from provisioner.models import Event, Host, Nic, Profile, Rack, Task, utcnow
 from provisioner.schemas import (
     DEFAULT_BMC_PORT,
     HOST_SORT_KEYS,
+    NETWORK_BMC_KINDS,
     HostCreate,
     HostPublic,
     HostUpdate,
@@ -106,9 +107,13 @@ def _commit(session: Session) -> None:
 
 
 # --------------------------------------------------------------------------- racks
-def list_racks(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[list[RackPublic], int]:
-    total = session.exec(select(func.count()).select_from(Rack)).one()
-    racks = list(session.exec(select(Rack).order_by(Rack.name).limit(limit).offset(offset)).all())  # type: ignore[arg-type]
+def list_racks(session: Session, *, limit: int = 100, offset: int = 0,
+               site: str | None = None) -> tuple[list[RackPublic], int]:
+    """A page of racks by name; ``site``: only the racks at that site (exact match)."""
+    where = [Rack.site == site] if site is not None else []
+    total = session.exec(select(func.count()).select_from(Rack).where(*where)).one()
+    racks = list(session.exec(select(Rack).where(*where).order_by(Rack.name)  # type: ignore[arg-type]
+                              .limit(limit).offset(offset)).all())
     counts: dict[int, int] = {}
     if racks:
         rows = session.exec(
@@ -323,6 +328,9 @@ def update_host(session: Session, host: Host, *, data: HostUpdate, settings: Set
             host.bmc_password_enc = secret_store.encrypt(b.password, settings) if b.password else None
         if b.options is not None:
             host.bmc_options = dict(b.options)
+        if host.bmc_kind in NETWORK_BMC_KINDS and not host.bmc_address:  # as HostCreate refuses it
+            raise InvalidInput(field="bmc.address", reason=f"required when kind is {host.bmc_kind!r} "
+                                                           "(kind 'manual': a host powered by hand)")
         _check_bmc(session, host.bmc_address, host.bmc_port, host.id)
     if data.nics is not None:
         _check_macs(session, [n.mac for n in data.nics], host.id)

@@ -15,6 +15,14 @@ JSON from ``HostPublic`` instead. Request bodies forbid unknown fields, so a
 typo is a 422 naming the field instead of being silently ignored. Column
 lengths of fields the API does not validate (written by prov itself) are
 ``sa_type`` only, so responses are not refused over them.
+
+Request bodies are strict (``_IN``; api/strict.py also validates every operator
+body in pydantic's strict JSON mode): ``"623"`` or ``true`` is not a port, ``0``/``1``
+is not a boolean. Text never holds control or bidirectional-control characters
+(validators.text_problem), and single-line fields (site, URLs, kernel arguments,
+BMC credentials, messages) no line break either: the Create/Update models check
+them with ``field_validator(...)(one_line)``, responses do not (a value stored
+before the rule must not fail a read).
 """
 
 from __future__ import annotations
@@ -23,12 +31,22 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 import sqlmodel
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from sqlalchemy import JSON, Text
 from sqlmodel import AutoString, SQLModel
 
 from provisioner import states as S
-from provisioner.validators import Address, Hostname, IpAddress, Mac, Port, Slug
+from provisioner.validators import (
+    Address,
+    Hostname,
+    IpAddress,
+    Mac,
+    NicName,
+    Port,
+    Slug,
+    file_names,
+    one_line,
+)
 
 T = TypeVar("T")
 
@@ -41,11 +59,15 @@ OperatorEvent = Literal["maintain", "unmaintain", "abort"]
 
 # Default management ports per BMC kind (IPMI: RMCP on UDP 623; Redfish: HTTPS).
 DEFAULT_BMC_PORT = {"ipmi": 623, "redfish": 443}
+# The kinds prov reaches over the network: a BMC of these kinds needs an address.
+NETWORK_BMC_KINDS = frozenset(DEFAULT_BMC_PORT)
+# Event.actor and AuditLog.actor columns: "token:<name> (<context>)" is cut to fit (api/deps.py).
+ACTOR_MAX = 128
 
 Role = Slug
 
 
-_IN = ConfigDict(extra="forbid", str_strip_whitespace=True)
+_IN = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 # Responses always carry every field, defaults or not: keep them "required" in the OpenAPI document.
 _OUT = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 _CHECKSUM = r"^$|^sha(256|512):[0-9a-fA-F]+$"
@@ -78,11 +100,13 @@ class RackBase(SQLModel):
 
 class RackCreate(RackBase):
     model_config = _IN  # type: ignore[assignment]
+    _lines = field_validator("site")(one_line)
 
 
 class RackUpdate(_In):
     site: str | None = Field(default=None, max_length=128)
     size_u: int | None = Field(default=None, ge=1, le=100)
+    _lines = field_validator("site")(one_line)
 
 
 class RackPublic(RackBase, PublicId):
@@ -109,8 +133,13 @@ class ProfileBase(SQLModel):
     container_engine: ContainerEngine = sqlmodel.Field(default="docker", sa_type=AutoString(16))
 
 
+_PROFILE_LINES = ("kernel_url", "initrd_url", "image_url", "kernel_args")
+
+
 class ProfileCreate(ProfileBase):
     model_config = _IN  # type: ignore[assignment]
+    _lines = field_validator(*_PROFILE_LINES)(one_line)
+    _names = field_validator("template", "playbooks")(file_names)
 
 
 class ProfileUpdate(_In):
@@ -125,6 +154,8 @@ class ProfileUpdate(_In):
     params: dict[str, Any] | None = None
     playbooks: list[str] | None = Field(default=None, max_length=64)
     container_engine: ContainerEngine | None = None
+    _lines = field_validator(*_PROFILE_LINES)(one_line)
+    _names = field_validator("template", "playbooks")(file_names)
 
 
 class ProfilePublic(ProfileBase, PublicId):
@@ -135,7 +166,7 @@ class ProfilePublic(ProfileBase, PublicId):
 # --------------------------------------------------------------------------- NICs and BMC
 class NicIn(_In):
     mac: Mac
-    name: str = Field(default="", max_length=32)
+    name: NicName = Field(default="", max_length=32)
     boot: bool = False
     ip: IpAddress | None = None
 
@@ -149,12 +180,24 @@ class NicPublic(BaseModel):
 
 
 class BmcIn(_In):
+    """How prov reaches the host's BMC. ``ipmi`` and ``redfish`` need an ``address``; ``manual``
+    is a host powered by hand (prov asks the operator); ``libvirt`` a guest of a KVM host."""
+
     kind: BmcKind = "ipmi"
-    address: Address | None = None
+    address: Address | None = Field(default=None, validate_default=True)
     port: Port | None = None
     username: str | None = Field(default=None, max_length=64)
     password: str | None = Field(default=None, max_length=256, description="write-only; stored encrypted")
     options: dict[str, Any] = Field(default_factory=dict)
+    _lines = field_validator("username", "password")(one_line)
+
+    @field_validator("address")
+    @classmethod
+    def _address_needed(cls, v: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if v is None and kind in NETWORK_BMC_KINDS:
+            raise ValueError(f"required when kind is {kind!r} (kind 'manual': a host powered by hand)")
+        return v
 
 
 class BmcUpdate(_In):
@@ -164,6 +207,7 @@ class BmcUpdate(_In):
     username: str | None = Field(default=None, max_length=64)
     password: str | None = Field(default=None, max_length=256, description="write-only; '' clears it")
     options: dict[str, Any] | None = None
+    _lines = field_validator("username", "password")(one_line)
 
 
 class BmcPublic(BaseModel):
@@ -202,7 +246,9 @@ class HostCreate(_In):
     roles: list[Role] = Field(default_factory=list, max_length=32)
     profile: Slug | None = None
     nics: list[NicIn] = Field(default_factory=list, max_length=16)
-    bmc: BmcIn = Field(default_factory=BmcIn)
+    bmc: BmcIn = Field(default_factory=lambda: BmcIn(kind="manual"), description=(
+        "how prov reaches the BMC; none given: kind 'manual', a host powered by hand (prov asks the "
+        "operator, verify checks nothing), as MAAS does for a machine without a power driver"))
     netboot: bool = False
     ip_address: IpAddress | None = None
 
@@ -269,6 +315,7 @@ class HostPublic(BaseModel):
 class TransitionRequest(_In):
     event: OperatorEvent
     message: str = Field(default="", max_length=1024)
+    _lines = field_validator("message")(one_line)
 
 
 # --------------------------------------------------------------------------- tasks and events
@@ -302,7 +349,7 @@ class EventBase(SQLModel):
     to_state: str | None = sqlmodel.Field(default=None, sa_type=AutoString(32))
     event: str = sqlmodel.Field(sa_type=AutoString(64))
     message: str = sqlmodel.Field(default="", sa_type=Text, nullable=False)
-    actor: str = sqlmodel.Field(default="system", sa_type=AutoString(128))
+    actor: str = sqlmodel.Field(default="system", sa_type=AutoString(ACTOR_MAX))
     task_id: int | None = sqlmodel.Field(default=None, foreign_key="task.id", ondelete="SET NULL")
 
 

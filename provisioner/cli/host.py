@@ -196,7 +196,8 @@ def add(
     u: Annotated[int | None, typer.Option("--u", "--u-position", min=1, help="lowest U the host occupies")] = None,
     mac: Annotated[list[str] | None, typer.Option("--mac", help="NIC MAC address (repeatable; first boots)")] = None,
     boot_mac: Annotated[str | None, typer.Option("--boot-mac", help="which --mac network-boots")] = None,
-    bmc_kind: Annotated[BmcKind, typer.Option("--bmc-kind", help="how prov reaches the BMC")] = BmcKind.ipmi,
+    bmc_kind: Annotated[BmcKind | None, typer.Option(
+        "--bmc-kind", help="how prov reaches the BMC [default: ipmi with --bmc-address, else manual]")] = None,
     bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="BMC IP address or DNS name")] = None,
     bmc_port: Annotated[int | None, typer.Option("--bmc-port", help="BMC port (IPMI 623, Redfish 443)")] = None,
     bmc_user: Annotated[str | None, typer.Option("--bmc-user", help="BMC user name")] = None,
@@ -214,9 +215,11 @@ def add(
     if u is not None:
         body["u_position"] = u
     body["nics"] = nics_body(mac or [], boot_mac)
-    needs_pw = bmc_kind in PASSWORD_KINDS and bmc_address is not None
+    needs_pw = (bmc_kind.value if bmc_kind else "ipmi") in PASSWORD_KINDS and bmc_address is not None
     password = read_password(bmc_password_file, bmc_password_env, bmc_password_stdin, prompt=needs_pw)
-    body["bmc"] = bmc_body(bmc_kind.value, bmc_address, bmc_port, bmc_user, password)
+    # No BMC option at all: no "bmc" sent, and the API makes the host 'manual' (powered by hand).
+    if bmc := bmc_body(bmc_kind.value if bmc_kind else None, bmc_address, bmc_port, bmc_user, password):
+        body["bmc"] = bmc
     if profile is not None:
         body["profile"] = check("--profile", "validate_slug", profile)
     body["roles"] = [check("--role", "validate_slug", r) for r in role or []]

@@ -69,3 +69,38 @@ def test_annotated_types_in_models() -> None:
                                                          {"mac": "aa:bb:cc:dd:ee:00", "boot": True}]})
     with pytest.raises(ValidationError):
         HostCreate.model_validate({"name": 12})
+
+
+@pytest.mark.parametrize(("text", "code"), [("a\x00b", "U+0000 (NUL)"), ("\x1b[31m", "U+001B (ESC)"),
+                                            ("x\x7f", "U+007F (DEL)"), ("x\x85", "U+0085"),
+                                            ("abc\u202edef", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+                                            ("\u2066x", "U+2066"), ("\ud800", "U+D800 (lone surrogate)")])
+def test_refused_characters_are_named_by_code_point(text: str, code: str) -> None:
+    for multiline in (False, True):
+        problem = v.text_problem(text, multiline=multiline)
+        assert problem is not None and code in problem
+        assert text not in problem  # the value itself is never echoed
+
+
+def test_line_breaks_only_in_multiline_text() -> None:
+    for brk in ("\n", "\r", "\u2028", "\u2029"):
+        assert "line break" in (v.text_problem(f"a{brk}b") or "")
+        assert v.text_problem(f"a{brk}b", multiline=True) is None
+    assert v.text_problem("tab\tis fine") is None
+    assert v.text_problem("Grüße, 東京, مرحبا") is None  # letters of any script are text
+
+
+def test_names_refuse_control_characters_by_code_point() -> None:
+    from pydantic import ValidationError
+
+    from provisioner.schemas import HostCreate, RackCreate
+
+    with pytest.raises(ValidationError, match="U\\+001B"):
+        HostCreate.model_validate({"name": "web\x1b01"})
+    with pytest.raises(ValidationError, match="U\\+202E"):
+        RackCreate.model_validate({"name": "r1", "site": "dc\u202e1"})
+    with pytest.raises(ValidationError, match="NIC name"):
+        HostCreate.model_validate({"name": "w", "nics": [{"mac": "aa:bb:cc:dd:ee:ff", "name": "eth 0"}]})
+    with pytest.raises(ValidationError, match="must be an integer"):
+        HostCreate.model_validate({"name": "w", "bmc": {"address": "10.0.0.1", "port": "623"}})
+    assert HostCreate.model_validate({"name": " web01\n"}).name == "web01"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from provisioner import crud
 from provisioner.api.deps import SessionDep
@@ -13,8 +15,10 @@ router = APIRouter(prefix="/racks", tags=["racks"])
 
 
 @router.get("", response_model=Page[RackPublic])
-def list_racks(session: SessionDep, limit: Limit = 100, offset: Offset = 0) -> Page[RackPublic]:
-    rows, total = crud.list_racks(session, limit=limit, offset=offset)
+def list_racks(session: SessionDep, limit: Limit = 100, offset: Offset = 0,
+               site: Annotated[str | None, Query(max_length=128, description="only racks at this site")] = None,
+               ) -> Page[RackPublic]:
+    rows, total = crud.list_racks(session, limit=limit, offset=offset, site=site)
     return Page[RackPublic](data=rows, count=total, limit=limit, offset=offset)
 
 
