@@ -50,6 +50,7 @@ from provisioner.api.routes import (
     tokens,
     virt,
 )
+from provisioner.api.strict import JsonBodyGuard, strict_input
 from provisioner.errors import ProvError
 from provisioner.secret_store import mask
 from provisioner.settings import Settings, get_settings
@@ -102,7 +103,9 @@ def _prov_error_handler(request: Request, exc: ProvError) -> JSONResponse:
     body = reply_body(request, exc.to_dict())
     if exc.http_status >= 500:
         log.warning("request failed: %s", body["message"])
-    return JSONResponse(status_code=exc.http_status, content=body)
+    # RFC 6750 section 3: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return JSONResponse(status_code=exc.http_status, content=body, headers=headers)
 
 
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -175,6 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # runs before any route reads the body.
     # Innermost: the audit context it sets reaches the dependencies, the route and its threads.
     app.add_middleware(AuditMiddleware, settings=settings)
+    # Inside the body limit: checks /api/v1 JSON bodies once, for strict_input (api/strict.py).
+    app.add_middleware(JsonBodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(GcTuningMiddleware)  # after start-up: gc.freeze() and fewer young collections
@@ -182,7 +187,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in PUBLIC_ROUTERS:
         app.include_router(router)
     for router in OPERATOR_ROUTERS:
-        app.include_router(router, prefix="/api/v1", dependencies=[Depends(require_token)])
+        # The token first (401/403 before anything about the input), then strict input (422).
+        app.include_router(router, prefix="/api/v1", dependencies=[Depends(require_token), Depends(strict_input)])
     lifespan.install(app, settings)
     openapi.install(app)
     return app

@@ -19,6 +19,7 @@ from provisioner.api.principals import Principal
 from provisioner.auth import hash_token
 from provisioner.db import POOL_TIMEOUT_S, get_engine, request_sessions
 from provisioner.errors import Unauthorized
+from provisioner.schemas import ACTOR_MAX
 from provisioner.settings import Settings, get_settings
 
 # The dependencies below are ``async def`` although they do no async work: FastAPI runs a plain
@@ -121,8 +122,17 @@ async def require_token(request: Request, settings: SettingsDep) -> str:
     if principals.claim_touch(principal):  # last_used_at: at most one write a minute per token
         await run_in_threadpool(principals.touch, settings, principal)
     principals.authorize(request, principal, context)
-    actor = principal.actor
-    return f"{actor} ({context})" if context else actor
+    return actor_label(principal.actor, context)
+
+
+def actor_label(actor: str, context: str) -> str:
+    """``token:<name> (<context>)`` within the actor columns (VARCHAR(ACTOR_MAX): PostgreSQL refuses
+    a longer value): the context is shortened, never the token's name."""
+    if context:
+        room = ACTOR_MAX - len(actor) - 3
+        if room > 0:
+            return f"{actor} ({context[:room].rstrip()})"
+    return actor[:ACTOR_MAX]
 
 
 ActorDep = Annotated[str, Depends(require_token)]
