@@ -54,7 +54,11 @@ def run(settings: Settings) -> None:
     from provisioner.api.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=True, server_header=False)
+                access_log=True, server_header=False,
+                # Rate limits and history lines key on the peer address: never take it from an
+                # X-Forwarded-For header (uvicorn trusts one from 127.0.0.1 by default, and the lab's
+                # guests reach the controller through a loopback forwarder).
+                proxy_headers=False)
 
 
 def _token_rows(rows: list[ApiToken]) -> list[dict[str, Any]]:
