@@ -290,6 +290,10 @@ def run(
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_FORCE_COLOR": "False",
         "ANSIBLE_TIMEOUT": "20",  # SSH connect timeout: an unreachable host fails fast
+        # A freshly installed system's cloud-init may restart sshd just after the port first answers
+        # (seen in the e2e lab: "Data could not be sent", ssh exit 255, one second after wait-ssh):
+        # retry a failed connection with the ssh plugin's backoff (1, 3, 7, 15 s) before calling it unreachable.
+        "ANSIBLE_SSH_RETRIES": "4",
         "ANSIBLE_LOCAL_TEMP": str(pdd / "tmp"),
         "TMPDIR": str(settings.runs_dir / ".cache"),  # where container_verify caches its tarball
         # the venv's bin first, so ansible's own helpers resolve without an activated venv
