@@ -135,8 +135,8 @@ def cache_key(versions: dict[str, str]) -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock: parallel tests (or xdist workers) build a key once."""
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path``: parallel builders (tests, xdist workers) build a cache entry once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -171,7 +171,7 @@ def build_cached(cache: Path, key: str, build: Callable[[Path], None], outputs: 
     key_dir = cache / key
     if (key_dir / _COMPLETE).exists():
         return key_dir
-    with _locked(cache / f".{key}.lock"):
+    with locked(cache / f".{key}.lock"):
         if (key_dir / _COMPLETE).exists():  # another process built it while we waited
             return key_dir
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
 import shutil
 import signal
@@ -32,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provisioner.lab.ramdisk import locked
 from tests.fresh.egress import Proxy
 
 CACHE = Path(os.environ.get("PROV_FRESH_CACHE", "/var/cache/prov-test/fresh"))
@@ -66,21 +66,10 @@ def _mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def minbase_tarball() -> Path:
     """The cached ``debootstrap --variant=minbase bookworm`` tree, as a tarball (built when missing/old)."""
     tarball = CACHE / f"minbase-{RELEASE}.tar"
-    with _locked(CACHE / ".minbase.lock"):
+    with locked(CACHE / ".minbase.lock"):
         if tarball.exists() and time.time() - tarball.stat().st_mtime < MINBASE_MAX_AGE:
             return tarball
         work = Path(tempfile.mkdtemp(prefix="prov-minbase-", dir=CACHE))

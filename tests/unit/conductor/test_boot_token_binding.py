@@ -12,8 +12,6 @@ at done, error and abort. The install runs through the real workflow, with a fak
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +28,7 @@ from provisioner.drivers.power.base import BootSetting, PowerAction, PowerInterf
 from provisioner.errors import Forbidden
 from provisioner.models import Event, Host, Task
 from provisioner.settings import Settings
+from tests.support.helpers import banner_sshd
 from tests.support.install import SSH_KEY, Api, add_host, api, db, settings  # noqa: F401
 
 TOKEN_RE = re.compile(r"prov\.token=(\S+)")
@@ -70,27 +69,8 @@ def fake_bmc(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 @pytest.fixture
 def ssh_port() -> Iterator[int]:
     """Answers like sshd (a banner only): enough for the workflow's wait-for-SSH after done."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 fake\r\n")
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    thread.join()
-    srv.close()
+    with banner_sshd() as port:
+        yield port
 
 
 def _client(api: Api, peer: tuple[str, int]) -> TestClient:

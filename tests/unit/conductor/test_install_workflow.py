@@ -3,8 +3,6 @@ tests/integration/power and the whole chain in tests/e2e)."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,6 +19,7 @@ from provisioner.drivers.power.base import BootSetting, PowerAction, PowerInterf
 from provisioner.errors import Conflict, InvalidInput
 from provisioner.models import Host, Nic, Profile, Rack, Task, utcnow
 from provisioner.settings import Settings
+from tests.support.helpers import banner_sshd
 
 
 class FakeBmc(PowerInterface):
@@ -47,27 +46,8 @@ class FakeBmc(PowerInterface):
 @pytest.fixture
 def ssh_port() -> Iterator[int]:
     """Something that answers like sshd (banner only): enough for the wait-for-SSH step."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 fake\r\n")
-            conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join()
-    srv.close()
+    with banner_sshd() as port:
+        yield port
 
 
 @pytest.fixture
