@@ -23,6 +23,8 @@ from provisioner.settings import Settings, get_settings
 MASK = "********"
 _known: set[str] = set()
 _known_lock = threading.Lock()
+# _known longest first, rebuilt when a secret is added (rare) instead of sorted on every masked line
+_by_length: tuple[str, ...] = ()
 
 
 class SecretKeyError(ProvError):
@@ -61,22 +63,29 @@ def _fernet(settings: Settings | None = None) -> Fernet:
 
 def register(secret: str | None) -> None:
     """Remember a secret so log lines and messages mentioning it get masked."""
+    global _by_length
     if secret and len(secret) >= 3:
         with _known_lock:
-            _known.add(secret)
+            if secret not in _known:
+                _known.add(secret)
+                _by_length = tuple(sorted(_known, key=len, reverse=True))
 
 
-def encrypt(plaintext: str, settings: Settings | None = None) -> str:
-    register(plaintext)
+def encrypt(plaintext: str, settings: Settings | None = None, *, remember: bool = True) -> str:
+    """``remember=False`` for values the masker already catches by shape (install tokens), so a
+    long-running controller does not remember every token it ever minted."""
+    if remember:
+        register(plaintext)
     return _fernet(settings).encrypt(plaintext.encode()).decode()
 
 
-def decrypt(ciphertext: str, settings: Settings | None = None) -> str:
+def decrypt(ciphertext: str, settings: Settings | None = None, *, remember: bool = True) -> str:
     try:
         value = _fernet(settings).decrypt(ciphertext.encode()).decode()
     except InvalidToken as exc:
         raise SecretKeyError(reason="stored secret cannot be decrypted with this key") from exc
-    register(value)
+    if remember:
+        register(value)
     return value
 
 
@@ -98,9 +107,7 @@ _TOKEN_SHAPE = re.compile(r"(?<![0-9])[0-9]{1,20}\.[A-Za-z0-9_\-]{32,}")
 
 def mask(text: str) -> str:
     """Replace every known secret in ``text``, and tokens by where they travel and their shape."""
-    with _known_lock:
-        secrets = sorted(_known, key=len, reverse=True)
-    for s in secrets:
+    for s in _by_length:
         if s in text:
             text = text.replace(s, MASK)
     text = _CARRIER.sub(lambda m: m.group("carrier") + MASK, text)

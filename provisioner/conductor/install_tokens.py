@@ -51,7 +51,8 @@ def _new_token(host_id: int, s: Settings) -> tuple[str, dict[str, str | datetime
     """A fresh token and the host columns that store it (digest, ciphertext, expiry)."""
     token = f"{host_id}.{secrets.token_urlsafe(_TOKEN_BYTES)}"
     return token, {"install_token_hash": _digest(token),
-                   "install_token_enc": secret_store.encrypt(token, s),  # registers it with the log masker
+                   # masked by shape and carrier (secret_store._TOKEN_SHAPE/_CARRIER): not remembered by value
+                   "install_token_enc": secret_store.encrypt(token, s, remember=False),
                    "install_token_expires": utcnow() + timedelta(seconds=s.install_token_ttl)}
 
 
@@ -87,7 +88,7 @@ def issued(host: Host, settings: Settings | None = None) -> str | None:
     if not _live(host) or not host.install_token_enc:
         return None
     try:
-        token = secret_store.decrypt(host.install_token_enc, settings or get_settings())
+        token = secret_store.decrypt(host.install_token_enc, settings or get_settings(), remember=False)
     except secret_store.SecretKeyError:
         return None
     return token if hmac.compare_digest(_digest(token), host.install_token_hash or "") else None
