@@ -12,7 +12,8 @@ Each token carries scopes (what api/scopes.py lets it do) and may expire:
 * ``viewer``: reads only (GET); any write is a 403 naming the scope it needs;
 * ``installer``: only what installer automation reads (profiles, templates and a
   host's rendered install files; see api/scopes.py). The install-time callbacks
-  themselves use each host's one-time install token, not an API token.
+  themselves use each host's one-time install token, not an API token;
+* ``metrics``: ``GET /metrics`` and nothing else (a Prometheus scraper's token).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from provisioner.models import ApiToken, utcnow
 from provisioner.settings import Settings, get_settings
 
 PREFIX = "prov_"
-SCOPES = ("admin", "operator", "viewer", "installer")
+SCOPES = ("admin", "operator", "viewer", "installer", "metrics")
 # last_used_at is written at most this often per token: a busy client must not turn every
 # request into a database write.
 LAST_USED_EVERY_S = 60.0

@@ -10,6 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from provisioner.metrics import http_boot_counter
+
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
@@ -80,6 +82,14 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 
+def _route_template(scope: Scope) -> str:
+    """The route template, not the raw path: label cardinality stays bounded.
+    (FastAPI >= 0.12x keeps the prefixed template in effective_route_context.)"""
+    fastapi_scope = scope.get("fastapi")
+    effective = fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    return str(getattr(effective, "path_format", None) or getattr(scope.get("route"), "path", None) or "unmatched")
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -91,23 +101,22 @@ class MetricsMiddleware:
             return
         status = 500
         start = time.perf_counter()
+        boot: Counter | None = None  # a boot download's byte counter (prov_http_boot_bytes_total)
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            nonlocal status, boot
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                # routed by now: the route template tells a boot download from the rest
+                boot = http_boot_counter(scope.get("method", ""), _route_template(scope), status)
+            elif boot is not None and message["type"] == "http.response.body":
+                boot.inc(len(message.get("body", b"")))
             await send(message)
 
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = scope.get("route")
-            # The route template, not the raw path: label cardinality stays bounded.
-            # (FastAPI >= 0.12x keeps the prefixed template in effective_route_context.)
-            fastapi_scope = scope.get("fastapi")
-            effective = fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
-            name = (getattr(effective, "path_format", None)
-                    or getattr(route, "path", None) or "unmatched")
+            name = _route_template(scope)
             method = scope.get("method", "GET")
             self.metrics.requests.labels(method, name, str(status)).inc()
             self.metrics.latency.labels(method, name).observe(time.perf_counter() - start)

@@ -10,7 +10,10 @@ operator routers with it; /metrics declares it), and ``require_token`` asks
 * ``installer`` tokens reach only ``INSTALLER_ROUTES``: reads an installer automation
   needs (profiles, templates and a host's rendered install files, which carry a
   placeholder instead of an install token). The install-time callbacks under
-  /install/v1 need no API token at all: each host has its own one-time token.
+  /install/v1 need no API token at all: each host has its own one-time token;
+* ``metrics`` tokens reach only ``METRICS_ROUTES`` (``GET /metrics``): a Prometheus
+  scraper's token, which can read no host, BMC or profile. Every other scope may
+  scrape too (``/metrics`` is a read: viewer).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ INSTALLER_ROUTES = frozenset({
     ("GET", "/templates/{kind}/{name}"),
     ("GET", "/hosts/{host}/rendered/{kind}"),
 })
+# /metrics is mounted at the root (api/app.py PUBLIC_ROUTERS, behind require_token); no
+# operator route under /api/v1 is named /metrics (tests/unit/test_metrics.py walks them all).
+METRICS_ROUTES = frozenset({("GET", "/metrics")})
 # What each scope includes besides itself.
 _IMPLIES = {"admin": {"admin", "operator", "viewer"}, "operator": {"operator", "viewer"}, "viewer": {"viewer"}}
 
@@ -48,6 +54,8 @@ def allows(scopes: Iterable[str], method: str, route_path: str) -> bool:
     held = set(scopes)
     need = required_scope(method, route_path)
     if any(need in _IMPLIES.get(s, ()) for s in held):
+        return True
+    if "metrics" in held and (_read(method), route_path) in METRICS_ROUTES:
         return True
     return "installer" in held and (_read(method), route_path) in INSTALLER_ROUTES
 

@@ -61,6 +61,7 @@ class Scope(enum.StrEnum):
     operator = "operator"
     viewer = "viewer"
     installer = "installer"
+    metrics = "metrics"  # GET /metrics only: for a Prometheus scraper
 
 
 TOKEN_COLUMNS = ["id", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked"]

@@ -25,6 +25,7 @@ from typing import Any
 from sqlmodel import Session
 
 from provisioner import crud, lifecycle
+from provisioner import metrics as prov_metrics
 from provisioner import states as S
 from provisioner.conductor import install_tokens
 from provisioner.conductor import power as power_svc
@@ -191,7 +192,17 @@ _REDO_ON_RESUME = {"power-on": "boot-pxe", "first-boot": "boot-disk"}
 
 
 def run(ctx: TaskContext) -> dict[str, Any]:
-    """Run (or resume) the install from the persisted step."""
+    """Run (or resume) the install from the persisted step; counted in prov_installs_total."""
+    try:
+        result = _run(ctx)
+    except Exception as exc:
+        prov_metrics.INSTALLS.labels("failed" if isinstance(exc, InstallFailed) else "error").inc()
+        raise
+    prov_metrics.INSTALLS.labels("succeeded").inc()
+    return result
+
+
+def _run(ctx: TaskContext) -> dict[str, Any]:
     current = _current_step(ctx)
     plan = list(STEPS[STEPS.index(current):])
     redo = None
@@ -208,7 +219,9 @@ def run(ctx: TaskContext) -> dict[str, Any]:
         try:
             if step != redo:  # the persisted step stays where the install really is
                 ctx.progress(_PROGRESS[step], step=step)
+            started = time.monotonic()
             _STEP_FNS[step](ctx, actor)
+            prov_metrics.INSTALL_PHASE.labels(step).observe(time.monotonic() - started)
         except InstallFailed:
             raise
         except TaskCancelled:

@@ -30,6 +30,7 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from provisioner import crud, secret_store
+from provisioner import metrics as prov_metrics
 from provisioner.db import get_engine
 from provisioner.drivers.power import get_driver
 from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, PowerAction, PowerInterface, PowerState
@@ -138,8 +139,11 @@ class PowerService:
             return crud.get_host(s, ident)
 
     def call(self, spec: BmcSpec, fn: Callable[[PowerInterface], T], *, retry: bool = True,
-             counter: list[int] | None = None) -> T:
-        """Run ``fn(driver)`` under the caps, with retries; ``counter[0]`` counts attempts."""
+             counter: list[int] | None = None, op: str = "call") -> T:
+        """Run ``fn(driver)`` under the caps, with retries; ``counter[0]`` counts attempts.
+
+        Each attempt is one BMC call in the metrics (prov_bmc_calls_total and its error class,
+        prov_bmc_call_duration_seconds: provisioner/metrics.py), ``op`` naming the driver method."""
         attempts = 0
         max_attempts = 1 + (max(0, self.settings.power_retries) if retry else 0)
         lock = self._bmc_lock(spec)
@@ -153,7 +157,7 @@ class PowerService:
                 if not lock.acquire(timeout=spec.timeout * max_attempts + 5):
                     raise BmcBusy(bmc=spec.label, reason="another request to this BMC is still running")
                 try:
-                    with self._cap:
+                    with self._cap, prov_metrics.bmc_call(spec.kind, op):
                         return fn(driver)
                 finally:
                     lock.release()
@@ -203,7 +207,8 @@ class PowerService:
         res = PowerResult(host=host.name, host_id=host.id, ok=False, action="status")
         try:
             spec = self.spec_for(host)
-            state = self.call(spec, lambda d: d.get_power_state(), retry=retry, counter=counter)
+            state = self.call(spec, lambda d: d.get_power_state(), retry=retry, counter=counter,
+                              op="get_power_state")
         except ProvError as exc:
             res.error, res.message, res.exc = exc.code, secret_store.mask(exc.message), exc
             self._record(host, error=exc)
@@ -224,7 +229,7 @@ class PowerService:
         interval = min(CONFIRM_FIRST_INTERVAL, self.confirm_interval)
         while True:
             try:
-                last = self.call(spec, lambda d: d.get_power_state(), retry=False)
+                last = self.call(spec, lambda d: d.get_power_state(), retry=False, op="get_power_state")
             except (BmcTimeout, BmcBusy):
                 last = PowerState.UNKNOWN  # a BMC may stop answering briefly during a reset
             if last == expected:
@@ -254,11 +259,12 @@ class PowerService:
             retry_ok = action not in _NON_IDEMPOTENT
             try:
                 self.call(spec, lambda d: d.set_power_state(action, soft_timeout=self.soft_off_timeout),
-                          retry=retry_ok, counter=counter)
+                          retry=retry_ok, counter=counter, op="set_power_state")
             except BmcBusy:
                 if retry_ok:
                     raise
-                self.call(spec, lambda d: d.set_power_state(action), retry=True, counter=counter)
+                self.call(spec, lambda d: d.set_power_state(action), retry=True, counter=counter,
+                          op="set_power_state")
             state = PowerState.UNKNOWN
             if wait:
                 expected = _EXPECTED[action]
@@ -267,7 +273,8 @@ class PowerService:
                         state = self._confirm(spec, expected, self.soft_off_timeout)
                     except BmcTimeout:
                         # the OS did not shut down in time: hard off, as promised
-                        self.call(spec, lambda d: d.set_power_state(PowerAction.OFF), counter=counter)
+                        self.call(spec, lambda d: d.set_power_state(PowerAction.OFF), counter=counter,
+                                  op="set_power_state")
                         state = self._confirm(spec, expected, self.confirm_timeout)
                         res.details["hard_off_after_soft"] = True
                 else:
@@ -307,7 +314,7 @@ class PowerService:
             spec = self.spec_for(host)
             self.driver_factory(spec).validate()
             t_bmc = time.monotonic()
-            self.call(spec, lambda d: d.set_boot_device(setting), counter=counter)
+            self.call(spec, lambda d: d.set_boot_device(setting), counter=counter, op="set_boot_device")
         except ProvError as exc:
             if exc.code == "operator_action":
                 res.ok, res.message = True, exc.message

@@ -1,7 +1,10 @@
-"""Prometheus metrics at /metrics (token required, like every operator endpoint).
+"""Prometheus metrics at /metrics (token required: any operator scope, or the scrape-only ``metrics`` one).
 
 Request counts and latency come from MetricsMiddleware; hosts per state are
 counted at scrape time; task durations are observed from finished task rows.
+The process-wide series (BMC calls, TFTP, HTTP boot bytes, installs, build and
+process info: provisioner/metrics.py) and the DHCP lease count (dnsmasq's lease
+file, read at scrape time) join them in the same answer.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
@@ -17,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlmodel import Session, col, select
 
 from provisioner import crud
+from provisioner import metrics as prov_metrics
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, require_token
 from provisioner.api.middleware import Metrics
@@ -97,15 +102,31 @@ class _TaskDurations:
                     self.seen = {task.id or 0}
 
 
+def dhcp_lease_file(settings: Settings) -> Path:
+    """Where prov's dnsmasq keeps its leases (drivers/boot/dhcp.DhcpConfig.lease_file: the API
+    cannot import the driver, and building a DhcpConfig would look up the interface's address)."""
+    return settings.data_dir / "dnsmasq" / "leases"
+
+
+_setup_lock = threading.Lock()  # two first scrapes at once must not register the collectors twice
+
+
 def _collectors(request: Request) -> _TaskDurations:
     app = request.app
     durations: _TaskDurations | None = getattr(app.state, "task_durations", None)
-    if durations is None:
+    if durations is not None:
+        return durations
+    with _setup_lock:
+        durations = getattr(app.state, "task_durations", None)
+        if durations is not None:
+            return durations
         metrics: Metrics = app.state.metrics
         metrics.registry.register(_HostStates(app.state.settings))
         metrics.registry.register(_Drift(app.state.settings))
+        metrics.registry.register(prov_metrics.REGISTRY)
+        metrics.registry.register(prov_metrics.DhcpLeases(dhcp_lease_file(app.state.settings)))
         durations = app.state.task_durations = _TaskDurations(metrics, app.state.settings)
-    return durations
+        return durations
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

@@ -23,7 +23,7 @@ from provisioner.schemas import Page
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
-Scope = Literal["admin", "operator", "viewer", "installer"]
+Scope = Literal["admin", "operator", "viewer", "installer", "metrics"]
 TEN_YEARS_S = 10 * 366 * 86400
 TokenId = Annotated[int, Path(ge=1, le=2**31 - 1, description="token id")]
 
@@ -33,7 +33,7 @@ class TokenCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$",
                       description="who or what the token is for (shows as the actor in history and audit)")
-    scopes: list[Scope] = Field(min_length=1, max_length=4, description="what the token may do")
+    scopes: list[Scope] = Field(min_length=1, max_length=5, description="what the token may do")
     expires_in: int | None = Field(None, ge=60, le=TEN_YEARS_S, description="lifetime in seconds from now")
     expires_at: datetime | None = Field(None, description="when it stops working (UTC unless an offset is given)")
 

@@ -66,6 +66,7 @@ from provisioner.drivers.boot.tftp_hooks import HookGate
 from provisioner.drivers.boot.tftp_packets import DEFAULT_BLKSIZE, MAX_REQUEST, Refused, error_packet, parse_request
 from provisioner.drivers.boot.tftp_transfer import Transfer, take_sheddable
 from provisioner.errors import BootError
+from provisioner.metrics import TFTP_ACTIVE, TFTP_TRANSFERS
 
 if TYPE_CHECKING:
     from provisioner.settings import Settings
@@ -237,6 +238,7 @@ class TftpServer:
         log.warning("tftp refused %s %r from %s: %s", kind, filename, peer[0], exc.message,
                     extra={"tftp_client": peer[0], "tftp_file": filename, "tftp_ok": False})
         self._reply_error(peer, exc.code, exc.message)
+        TFTP_TRANSFERS.labels("refused").inc()
         if self.cfg.on_transfer is not None:
             with contextlib.suppress(Exception):
                 self.cfg.on_transfer(TransferRecord(f"{peer[0]}:{peer[1]}", filename, 0, 0.0,
@@ -260,6 +262,7 @@ class TftpServer:
             if len(self._transfers) >= self.cfg.max_transfers:
                 shed.append(take_sheddable(self._transfers, self._transfers, "server busy"))
             self._transfers.add(transfer)
+        TFTP_ACTIVE.inc()  # until the transfer's thread ends (_transfer_done), shed or not
         for victim in shed:
             log.info("tftp: shedding %s -> %s:%d (%s) for a new request", victim.filename, victim.peer[0],
                      victim.peer[1], "never acknowledged" if not victim.confirmed else "client stopped answering")
@@ -268,6 +271,7 @@ class TftpServer:
     def _transfer_done(self, transfer: Transfer) -> None:
         with self._lock:
             self._transfers.discard(transfer)
+        TFTP_ACTIVE.dec()
 
     def _open_file(self, rel: str, netascii: bool = False) -> tuple[Payload, Callable[[], None]]:
         path = resolve_in_root(self.cfg.root, rel)

@@ -36,6 +36,7 @@ from provisioner.drivers.boot.tftp_packets import (
     negotiate,
     oack_packet,
 )
+from provisioner.metrics import TFTP_BYTES, TFTP_TRANSFERS
 
 if TYPE_CHECKING:
     from provisioner.drivers.boot.tftp import TftpServer
@@ -49,6 +50,7 @@ _DATA_HDR = struct.Struct("!HH")
 _DATA_HEADERS = [_DATA_HDR.pack(OP_DATA, n) for n in range(65536)]
 _ACK_PACKETS = [_ACK.pack(OP_ACK, n) for n in range(65536)]
 _SHED = "shed: its slot went to a new request"
+_SIZE_PROBE = "client ended the transfer after the OACK (size probe)"
 
 
 class Transfer:
@@ -108,6 +110,8 @@ class Transfer:
                 self.closer()
             self.server._transfer_done(self)
         duration = time.monotonic() - start
+        TFTP_TRANSFERS.labels("ok" if ok else "size_probe" if error == _SIZE_PROBE else "failed").inc()
+        TFTP_BYTES.inc(sent)
         rec = TransferRecord(client=f"{self.peer[0]}:{self.peer[1]}", filename=self.filename, bytes_sent=sent,
                              duration=duration, blksize=self.blksize, windowsize=self.window, ok=ok, error=error)
         rate = sent / duration / 1e6 if duration > 0 else 0.0
@@ -178,7 +182,7 @@ class Transfer:
                     if self.cancelled:
                         raise
                     # UEFI (EDK2) PXE asks once for tsize only and ends with ERROR after the OACK
-                    raise Refused(exc.code, "client ended the transfer after the OACK (size probe)") from exc
+                    raise Refused(exc.code, _SIZE_PROBE) from exc
                 if got == 0:
                     self.confirmed = True
                     break
