@@ -34,6 +34,7 @@ DEV_PKGS=(
   debian-installer-12-netboot-amd64  # the installer-driven (preseed) path of the e2e lab
   podman buildah runc             # builds and runs deploy/Dockerfile's image (runc: crun refuses hybrid cgroups)
   shellcheck                      # every shell script of the tree
+  prometheus                      # promtool lints the /metrics exposition (its daemon is never started)
 )
 PKGS=("${RUNTIME_PKGS[@]}")
 [ "$DEV" = 1 ] && PKGS+=("${DEV_PKGS[@]}")
