@@ -16,6 +16,7 @@ import typer
 import typer.main
 
 from provisioner.cli import (  # noqa: F401  (each registers its commands on import)
+    ansible,
     completion,
     configure,
     gitops,
