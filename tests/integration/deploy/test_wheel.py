@@ -79,7 +79,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 def test_the_wheel_carries_the_package_data(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     src = ROOT / "provisioner"
-    subs = ("migrations", "templates", "playbooks", "lab/recipes", "api/static")  # static: /docs, /redoc
+    subs = ("migrations", "templates", "playbooks", "lab/recipes", "api/static",  # static: /docs, /redoc
+            "ansible_collections")  # the collection prov.provisioner (its inventory plugin)
     needed = [p.relative_to(ROOT).as_posix() for sub in subs
               for p in (src / sub).rglob("*")
               if p.is_file() and "__pycache__" not in p.parts and p.name != "README"]  # Alembic's, for humans
@@ -117,6 +118,15 @@ def test_the_recipes_run_from_the_wheel(installed: Installed) -> None:
     rd = installed.run("python", "-c", "from provisioner.lab import ramdisk as r; "
                        "print(all(p.is_file() for p in r._KEY_INPUTS), r.resolve_versions())")
     assert rd.returncode == 0 and rd.stdout.startswith("True {'linux-image-"), rd
+
+
+def test_the_inventory_plugin_loads_from_the_wheel(installed: Installed) -> None:
+    path = installed.run("prov", "ansible", "collections-path")
+    assert path.returncode == 0 and path.stdout.strip().startswith(str(installed.venv / "lib")), path
+    env = dict(_env(installed), ANSIBLE_COLLECTIONS_PATH=path.stdout.strip())
+    doc = subprocess.run([str(installed.venv / "bin" / "ansible-doc"), "-t", "inventory", "prov.provisioner.prov"],
+                         cwd=installed.outside, env=env, capture_output=True, text=True, timeout=120)
+    assert doc.returncode == 0 and "rack_<rack>" in doc.stdout and "WARNING" not in doc.stderr, doc
 
 
 def test_prov_serve_from_the_wheel(installed: Installed, tmp_path: Path) -> None:

@@ -175,8 +175,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
         self._url, self._token = self._credentials()
-        # The URL is in the key: pointing the same file at another controller never reads its cache.
-        cache_key = self.get_cache_key(f"{path}\n{self._url}")
+        # The URL and the state filter are in the key: the same file pointed at another controller
+        # (PROV_URL) or filtering other states never reads what the cache holds for the first.
+        cache_key = self.get_cache_key(f"{path}\n{self._url}\n{sorted(self.get_option('states') or [])}")
         use_cache = bool(self.get_option("cache")) and cache
         update_cache = bool(self.get_option("cache")) and not cache
         data = None
