@@ -65,6 +65,15 @@ class InvalidTransition(Conflict):
     template = "host {host} is {state}: event {event!r} not allowed (allowed: {allowed})"
 
 
+class PreconditionFailed(ProvError):
+    """``If-Match`` named another version of the object (RFC 9110 section 13.1.1): it changed since
+    the client read it, so the change was not made. Read it again, then retry."""
+
+    code = "precondition_failed"
+    http_status = 412
+    template = "{kind} {name!r} changed since it was read (If-Match does not match its ETag); read it again"
+
+
 class Unauthorized(ProvError):
     code = "unauthorized"
     http_status = 401

@@ -4,6 +4,8 @@ Callers name the host and task with ``extra={"host": name, "task": task_id}``;
 the formatter lifts those into top-level keys so ``jq 'select(.host=="web01")'``
 finds every line about a host. Every handler carries secret_store.MaskingFilter, so
 a password registered with secret_store.register() never reaches a log line.
+A line written while the API serves a request (the access line included) names the
+request's id (``request_id``, set by api/request_id.py): the X-Request-ID the client sent or got.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -20,6 +23,21 @@ from provisioner.secret_store import MaskingFilter, mask
 _STD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
     "message", "asctime", "taskName", "color_message",  # uvicorn adds an ANSI-coloured copy
 }
+
+
+# The id of the API request being served in this context (threads the request runs work in
+# inherit it); None outside a request.
+request_id: ContextVar[str | None] = ContextVar("prov_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to a record written while a request is served (unless the caller named one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,6 +61,11 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)  # before a traceback, which format() appends
+        rid = getattr(record, "request_id", None)
+        return f"{line} [request_id={rid}]" if rid else line
+
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record))
 
@@ -56,6 +79,7 @@ def setup_logging(level: str = "INFO", json_lines: bool = True, stream: TextIO |
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(MaskingFilter())
+    handler.addFilter(RequestIdFilter())
     handler._prov = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())

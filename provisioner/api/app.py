@@ -28,6 +28,7 @@ from provisioner.api.audit_context import AuditMiddleware
 from provisioner.api.deps import require_token
 from provisioner.api.error_text import is_public, public_validation_error, reply_body, reply_text
 from provisioner.api.middleware import BodyLimitMiddleware, GcTuningMiddleware, Metrics, MetricsMiddleware
+from provisioner.api.request_id import RequestIdMiddleware, request_id_header
 from provisioner.api.routes import (
     audit,
     boot_files,
@@ -153,7 +154,9 @@ def _stale_data_handler(request: Request, exc: StaleDataError | InvalidRequestEr
 
 def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error: %s", mask(f"{exc.__class__.__name__}: {exc}"))
-    return JSONResponse(status_code=500, content={"error": "internal", "message": "internal error (see the log)"})
+    # Answered by Starlette's outermost middleware, past RequestIdMiddleware: the id is added here.
+    return JSONResponse(status_code=500, content={"error": "internal", "message": "internal error (see the log)"},
+                        headers=request_id_header())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -183,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(GcTuningMiddleware)  # after start-up: gc.freeze() and fewer young collections
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer and log line names its request
 
     for router in PUBLIC_ROUTERS:
         app.include_router(router)

@@ -17,6 +17,7 @@ so ``create_app`` passes ``APP_OPTIONS`` and calls ``install``, which
   (``Error``: ``{"error": code, "message": text, "field"?, "errors"?, ...details}``)
   on every 4xx/5xx of every operation, instead of FastAPI's ``HTTPValidationError``
   (a 422 body prov never sends).
+* documents the X-Request-ID header every operation takes and answers (api/request_id.py).
 * serves Swagger UI at /docs and ReDoc at /redoc from provisioner/api/static
   (vendored from npm, see static/README.md): the pages name no outside URL.
 """
@@ -36,6 +37,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 
+from provisioner.api import request_id
 from provisioner.api.deps import require_token
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -91,7 +93,8 @@ ERROR: dict[str, Any] = {
     "type": "object",
     "description": "Every error prov answers, whatever the status. `error` is a stable machine code "
                    "(provisioner/errors.py): e.g. `invalid_input`, `not_found`, `conflict`, "
-                   "`invalid_transition`, `unauthorized`, `forbidden`, `rate_limited`, `body_too_large`, "
+                   "`invalid_transition`, `precondition_failed`, `unauthorized`, `forbidden`, `rate_limited`, "
+                   "`body_too_large`, "
                    "`bmc_auth`, `bmc_unreachable`, `bmc_timeout`, `virt_error`, `database_busy`, `internal`. "
                    "Other keys carry the error's details (`kind`, `name`, `host`, `state`...).",
     "required": ["error", "message"],
@@ -255,6 +258,7 @@ def polish(schema: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any
             op["description"] = f"{op['description']}\n\n{_INSTALL_AUTH}" if op.get("description") \
                 else _INSTALL_AUTH
         _document_errors(op, operator)
+        request_id.document(op)  # after the errors: the header parameter implies no 422
     for name in _FASTAPI_VALIDATION:
         if not _referenced(schema, name):
             schemas.pop(name, None)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 from provisioner import crud, lifecycle
 from provisioner import states as S
+from provisioner.api import etags
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
+from provisioner.api.etags import IfMatch, IfNoneMatch
 from provisioner.api.pagination import Limit, Offset
 from provisioner.api.responses import json_response
 from provisioner.conductor import tasks
 from provisioner.errors import Conflict, InvalidInput, InvalidTransition
+from provisioner.models import Host
 from provisioner.schemas import HOST_SORT_KEYS, HostCreate, HostPublic, HostUpdate, Page, TransitionRequest
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
@@ -50,28 +54,42 @@ def list_hosts(
     return json_response({"data": rows, "count": total, "limit": limit, "offset": offset})
 
 
-@router.post("", status_code=201, response_model=HostPublic, responses=_CONFLICT)
-def create_host(body: HostCreate, session: SessionDep, actor: ActorDep, settings: SettingsDep) -> Response:
+@router.post("", status_code=201, response_model=HostPublic, responses=etags.created_responses(_CONFLICT))
+def create_host(body: HostCreate, session: SessionDep, actor: ActorDep, settings: SettingsDep,
+                request: Request) -> Response:
     host = crud.create_host(session, data=body, actor=actor, settings=settings)
-    return json_response(crud.host_public_dict(session, host), status_code=201)
+    return etags.tagged_json(crud.host_public_dict(session, host), status_code=201,
+                             location=etags.location(request, host.name))
 
 
-@router.get("/{host}", response_model=HostPublic)
-def get_host(host: str, session: SessionDep) -> Response:
+@router.get("/{host}", response_model=HostPublic, responses=etags.read_responses())
+def get_host(host: str, session: SessionDep, if_none_match: IfNoneMatch = None) -> Response:
     # Like the listing: a HostPublic-shaped dict straight from the row, serialised once
-    # (response_model documents it).
-    return json_response(crud.host_public_dict(session, host))
+    # (response_model documents it), with its ETag (api/etags.py).
+    return etags.tagged_json(crud.host_public_dict(session, host), if_none_match)
 
 
-@router.patch("/{host}", response_model=HostPublic, responses=_CONFLICT)
-def update_host(host: str, body: HostUpdate, session: SessionDep, settings: SettingsDep) -> Response:
-    row = crud.update_host(session, crud.get_host(session, host), data=body, settings=settings)
-    return json_response(crud.host_public_dict(session, row.id or 0))  # as committed, read back
+def _guard(session: Session, row: Host, if_match: str | None) -> None:
+    """If-Match: under the host row's lock, its ETag now (as GET answers it) must be one named."""
+    etags.guarded(session, row, if_match, lambda: etags.json_tag(crud.host_public_dict(session, row.id or 0)),
+                  kind="host")
 
 
-@router.delete("/{host}", status_code=204, responses={409: {"description": "the host is mid-task"}})
-def delete_host(host: str, session: SessionDep) -> Response:
-    crud.delete_host(session, crud.get_host(session, host))
+@router.patch("/{host}", response_model=HostPublic, responses=etags.write_responses(_CONFLICT))
+def update_host(host: str, body: HostUpdate, session: SessionDep, settings: SettingsDep,
+                if_match: IfMatch = None) -> Response:
+    row = crud.get_host(session, host)
+    _guard(session, row, if_match)
+    row = crud.update_host(session, row, data=body, settings=settings)
+    return etags.tagged_json(crud.host_public_dict(session, row.id or 0))  # as committed, read back
+
+
+@router.delete("/{host}", status_code=204, responses=etags.write_responses(
+    {409: {"description": "the host is mid-task"}}, answers_object=False))
+def delete_host(host: str, session: SessionDep, if_match: IfMatch = None) -> Response:
+    row = crud.get_host(session, host)
+    _guard(session, row, if_match)
+    crud.delete_host(session, row)
     return Response(status_code=204)
 
 
@@ -102,4 +120,4 @@ def transition(host: str, body: TransitionRequest, session: SessionDep, actor: A
         for task in active + pending:
             if task.id is not None:
                 runner.cancel(task.id)
-    return json_response(crud.host_public_dict(session, row))
+    return etags.tagged_json(crud.host_public_dict(session, row))
