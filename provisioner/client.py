@@ -22,6 +22,7 @@ httpx and yaml are imported when a client is made, not when this module is:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,9 @@ class ProvClient:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._body(self._send(method, path, **kwargs))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         import httpx
 
         try:
@@ -158,10 +162,37 @@ class ProvClient:
             raise ControllerUnreachable(url=self.url, reason=exc.__class__.__name__) from exc
         if resp.status_code >= 400:
             raise self._error(resp)
+        return resp
+
+    @staticmethod
+    def _body(resp: httpx.Response) -> Any:
         if resp.status_code == 204 or not resp.content:
             return None
         ctype = resp.headers.get("content-type", "")
         return resp.json() if "json" in ctype else resp.text
+
+    def get_tagged(self, path: str, **kw: Any) -> tuple[Any, str | None]:
+        """GET one object: its body and its ETag (None from a controller that sends none)."""
+        resp = self._send("GET", path, **kw)
+        return self._body(resp), resp.headers.get("etag")
+
+    def update(self, path: str, change: Callable[[Any], dict[str, Any] | None], *, retries: int = 3) -> Any:
+        """Read-modify-write that cannot lose another client's update: GET ``path``, PATCH it with
+        ``change(current)`` (None: nothing to change, the current object is returned) and
+        ``If-Match`` its ETag. If the object changed in between (412 precondition_failed), it is read
+        and ``change`` applied again, up to ``retries`` times; then the 412 is raised."""
+        attempt = 1
+        while True:
+            current, tag = self.get_tagged(path)
+            body = change(current)
+            if body is None:
+                return current
+            try:
+                return self.patch(path, json=body, headers={"If-Match": tag} if tag else None)
+            except errors.PreconditionFailed:
+                if attempt >= retries:
+                    raise
+                attempt += 1
 
     @staticmethod
     def _error(resp: httpx.Response) -> errors.ProvError:

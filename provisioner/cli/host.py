@@ -317,10 +317,16 @@ def set_(
         if role is not None:
             body["roles"] = [check("--role", "validate_slug", r) for r in role]
         elif add_role or rm_role:
-            current = list(c.get(host_path(name)).get("roles") or [])
             adds = [check("--add-role", "validate_slug", r) for r in add_role or []]
             drops = {check("--rm-role", "validate_slug", r) for r in rm_role or []}
-            body["roles"] = [r for r in dict.fromkeys(current + adds) if r not in drops]
+
+            def with_roles(current: dict[str, Any]) -> dict[str, Any]:
+                roles = list(current.get("roles") or [])
+                return {**body, "roles": [r for r in dict.fromkeys(roles + adds) if r not in drops]}
+
+            # Read, change, PATCH with If-Match (re-read on 412): a role another client set meanwhile stays.
+            _emit_host(c.update(host_path(name), with_roles), output)
+            return
         if not body:
             raise InvalidInput(field="options", reason="nothing to change")
         host = c.patch(host_path(name), json=body)
