@@ -31,6 +31,7 @@ INSTALLER_ROUTES = frozenset({
     ("GET", "/templates"),
     ("GET", "/templates/{kind}/{name}"),
     ("GET", "/hosts/{host}/rendered/{kind}"),
+    ("GET", "/hosts/{host}/preview/{kind}"),
 })
 # /metrics is mounted at the root (api/app.py PUBLIC_ROUTERS, behind require_token); no
 # operator route under /api/v1 is named /metrics (tests/unit/test_metrics.py walks them all).

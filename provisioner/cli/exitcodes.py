@@ -21,6 +21,7 @@ PEER = 6  # a peer failed: a BMC (bmc_*), libvirt, the boot services, Ansible, t
 UNREACHABLE = 7  # the prov controller could not be reached (refused, no route, DNS, TLS, no answer)
 DRIFT = 8  # `prov drift`: something differs from the last applied inventory
 TIMEOUT = 9  # gave up waiting for a task or a state (the work may still finish: `prov task show ID`)
+WARNED = 10  # `prov template render --strict`: rendered, but with warnings (printed on stderr)
 INTERRUPTED = 130  # Ctrl-C (the shell's 128 + SIGINT)
 
 # What each code means, in the README's words (tests/unit/cli/test_cli_exit_codes.py keeps both in step).
@@ -35,6 +36,7 @@ MEANING: dict[int, str] = {
     UNREACHABLE: "the prov controller could not be reached",
     DRIFT: "`drift`: drift found",
     TIMEOUT: "timed out while waiting for a task or a state",
+    WARNED: "`template render --strict`: rendered with warnings",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

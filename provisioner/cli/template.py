@@ -48,10 +48,24 @@ def show_cmd(
 def render_cmd(
     kind: TemplateKind = typer.Argument(..., help=KINDS_HELP),
     host: str = typer.Option(..., "--host", help="host name or id"),
+    strict: bool = typer.Option(False, "--strict", help=f"exit {exitcodes.WARNED} when there are warnings"),
 ) -> None:
-    """Print what HOST would get for KIND right now (the install token is a placeholder)."""
+    """Print what HOST would get for KIND right now (the install token is a placeholder).
+
+    Warnings go to stderr, one ``warning:`` line each: a file the host's profile never uses,
+    another OS family's installer, a controller URL no machine reaches, no SSH key, a
+    local-boot config. They do not change the exit code unless --strict is given.
+    """
     with client() as c:
-        sys.stdout.write(c.get(f"/api/v1/hosts/{quote(host, safe='')}/rendered/{kind.value}"))
+        got = c.get(f"/api/v1/hosts/{quote(host, safe='')}/preview/{kind.value}")
+    sys.stdout.write(got["text"])
+    sys.stdout.flush()
+    warnings = got.get("warnings") or []
+    for w in warnings:
+        sys.stderr.write(f"warning: {' '.join(str(w.get('message', '')).split())}\n")
+    sys.stderr.flush()
+    if strict and warnings:
+        raise typer.Exit(exitcodes.WARNED)
 
 
 @template_app.command("upload")

@@ -54,6 +54,21 @@ def _profile_dict(profile: Profile, base: str) -> dict[str, Any]:
     }
 
 
+def _with_controller_key(keys: list[str], settings: Settings) -> list[str]:
+    """``keys`` and the controller's own SSH key, for a profile whose install ends with playbooks.
+
+    The install's configure step logs in with that key (conductor/configure.py), so the
+    installed system must hold it; until issue 19 only profiles that listed it by hand (the
+    lab's) got it, and every other profile with playbooks installed a host it could not
+    configure. The configuration engine (a fake in unit tests) owns the key.
+    """
+    from provisioner.conductor import configure  # the workflow module imports this one's users
+
+    engine = configure.driver
+    own = engine.public_key(engine.ensure_ssh_key(settings))
+    return list(dict.fromkeys([*keys, own]))
+
+
 def boot_context(
     session: Session,
     host: Host,
@@ -94,6 +109,8 @@ def boot_context(
     domain = "localdomain"
     if profile is not None:
         ctx["install"] = install_params(profile.os_family, profile.params)
+        if profile.playbooks:
+            ctx["install"]["ssh_authorized_keys"] = _with_controller_key(ctx["install"]["ssh_authorized_keys"], s)
         domain = param(dict(profile.params or {}), "domain", domain)
         kernel_url, initrd_url = profile.kernel_url, profile.initrd_url
         if profile.install_method == "image":
