@@ -44,6 +44,7 @@ from provisioner.validators import (
     NicName,
     Port,
     Slug,
+    checksum,
     file_names,
     one_line,
 )
@@ -140,6 +141,7 @@ class ProfileCreate(ProfileBase):
     model_config = _IN  # type: ignore[assignment]
     _lines = field_validator(*_PROFILE_LINES)(one_line)
     _names = field_validator("template", "playbooks")(file_names)
+    _checksum = field_validator("image_checksum", mode="before")(checksum)
 
 
 class ProfileUpdate(_In):
@@ -156,6 +158,7 @@ class ProfileUpdate(_In):
     container_engine: ContainerEngine | None = None
     _lines = field_validator(*_PROFILE_LINES)(one_line)
     _names = field_validator("template", "playbooks")(file_names)
+    _checksum = field_validator("image_checksum", mode="before")(checksum)
 
 
 class ProfilePublic(ProfileBase, PublicId):
