@@ -196,6 +196,7 @@ def add(
     u: Annotated[int | None, typer.Option("--u", "--u-position", min=1, help="lowest U the host occupies")] = None,
     mac: Annotated[list[str] | None, typer.Option("--mac", help="NIC MAC address (repeatable; first boots)")] = None,
     boot_mac: Annotated[str | None, typer.Option("--boot-mac", help="which --mac network-boots")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="where prov reaches the installed host over SSH")] = None,
     bmc_kind: Annotated[BmcKind | None, typer.Option(
         "--bmc-kind", help="how prov reaches the BMC [default: ipmi with --bmc-address, else manual]")] = None,
     bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="BMC IP address or DNS name")] = None,
@@ -215,6 +216,8 @@ def add(
     if u is not None:
         body["u_position"] = u
     body["nics"] = nics_body(mac or [], boot_mac)
+    if ip is not None:
+        body["ip_address"] = ip  # checked by the API (422 naming ip_address)
     needs_pw = (bmc_kind.value if bmc_kind else "ipmi") in PASSWORD_KINDS and bmc_address is not None
     password = read_password(bmc_password_file, bmc_password_env, bmc_password_stdin, prompt=needs_pw)
     # No BMC option at all: no "bmc" sent, and the API makes the host 'manual' (powered by hand).
