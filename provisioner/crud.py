@@ -14,7 +14,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from provisioner import host_json, lifecycle, secret_store
+from provisioner import host_json, lifecycle, netspec, secret_store
 from provisioner import states as S
 from provisioner.errors import Conflict, InvalidInput, NotFound
 from provisioner.models import Event, Host, Nic, Profile, Rack, Task, utcnow
@@ -25,6 +25,7 @@ from provisioner.schemas import (
     HostCreate,
     HostPublic,
     HostUpdate,
+    NicIn,
     ProfileCreate,
     ProfileUpdate,
     RackCreate,
@@ -277,12 +278,14 @@ def create_host(session: Session, *, data: HostCreate, actor: str = "system",
         bmc_options=dict(bmc.options),
         netboot=data.netboot,
         ip_address=data.ip_address,
+        network_bonds=[b.model_dump() for b in data.network.bonds],
+        network_vlans=[v.model_dump() for v in data.network.vlans],
     )
     session.add(host)
     try:
         session.flush()
         for nic in data.nics:
-            session.add(Nic(host_id=host.id or 0, mac=nic.mac, name=nic.name, boot=nic.boot, ip=nic.ip))
+            session.add(_nic_row(host.id or 0, nic))
         session.add(Event(host_id=host.id, to_state=host.state, event="enroll", actor=actor,
                           message=f"host {host.name} enrolled"))
         session.commit()
@@ -292,6 +295,11 @@ def create_host(session: Session, *, data: HostCreate, actor: str = "system",
     session.refresh(host)
     log.info("host %s enrolled by %s", host.name, actor, extra={"host": host.name})
     return host
+
+
+def _nic_row(host_id: int, nic: NicIn) -> Nic:
+    return Nic(host_id=host_id, mac=nic.mac, name=nic.name, boot=nic.boot, ip=nic.ip, address=nic.address,
+               gateway=nic.gateway, nameservers=list(nic.nameservers), search=list(nic.search), mtu=nic.mtu)
 
 
 def update_host(session: Session, host: Host, *, data: HostUpdate, settings: Settings | None = None) -> Host:
@@ -334,6 +342,13 @@ def update_host(session: Session, host: Host, *, data: HostUpdate, settings: Set
         _check_bmc(session, host.bmc_address, host.bmc_port, host.id)
     if data.nics is not None:
         _check_macs(session, [n.mac for n in data.nics], host.id)
+    if (data.nics is None) != (data.network is None):  # one replaced: check it with the stored other
+        nics = data.nics if data.nics is not None else host_nics(session, host_id=host.id or 0)
+        network = data.network or netspec.network_of(host.network_bonds, host.network_vlans)
+        netspec.raise_invalid(netspec.problems(nics, network))
+    if data.network is not None:
+        host.network_bonds = [b.model_dump() for b in data.network.bonds]
+        host.network_vlans = [v.model_dump() for v in data.network.vlans]
     host.updated_at = utcnow()
     session.add(host)
     try:
@@ -341,7 +356,7 @@ def update_host(session: Session, host: Host, *, data: HostUpdate, settings: Set
             session.execute(delete(Nic).where(col(Nic.host_id) == host.id))
             session.flush()
             for nic in data.nics:
-                session.add(Nic(host_id=host.id or 0, mac=nic.mac, name=nic.name, boot=nic.boot, ip=nic.ip))
+                session.add(_nic_row(host.id or 0, nic))
         session.commit()
     except IntegrityError as exc:
         session.rollback()

@@ -26,6 +26,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _json_list() -> Column[Any]:
+    # server default: rows made before the column existed read as an empty list (migration 0005)
+    return Column(JSON, nullable=False, server_default="[]")
+
+
 class RowId(SQLModel):
     """The primary key. Listed after ``XBase`` in a table's bases: pydantic (and so SQLModel)
     orders fields from the last base to the first, so ``id`` stays the first column."""
@@ -98,6 +103,10 @@ class Host(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
+    # installed OS network beyond the NICs' own addresses (provisioner/netspec.py: BondIn, VlanIn dicts)
+    network_bonds: list[dict[str, Any]] = Field(default_factory=list, sa_column=_json_list())
+    network_vlans: list[dict[str, Any]] = Field(default_factory=list, sa_column=_json_list())
+
 
 class Nic(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
@@ -106,6 +115,12 @@ class Nic(SQLModel, table=True):
     name: str = Field(default="", max_length=32)
     boot: bool = Field(default=False)
     ip: str | None = Field(default=None, max_length=64)  # DHCP reservation
+    # static IPv4 of the installed OS (netspec.IpSettings); all empty: DHCP on the boot NIC
+    address: str | None = Field(default=None, max_length=64)  # CIDR, 10.0.0.5/24
+    gateway: str | None = Field(default=None, max_length=64)
+    nameservers: list[str] = Field(default_factory=list, sa_column=_json_list())
+    search: list[str] = Field(default_factory=list, sa_column=_json_list())
+    mtu: int | None = None
 
 
 # --------------------------------------------------------------------------- tasks

@@ -36,6 +36,7 @@ from sqlalchemy import JSON, Text
 from sqlmodel import AutoString, SQLModel
 
 from provisioner import states as S
+from provisioner.netspec import BondIn, IpSettings, NetworkIn, VlanIn, problems, validation_error
 from provisioner.validators import (
     Address,
     Hostname,
@@ -167,11 +168,18 @@ class ProfilePublic(ProfileBase, PublicId):
 
 
 # --------------------------------------------------------------------------- NICs and BMC
-class NicIn(_In):
+class _NicId(_In):
     mac: Mac
     name: NicName = Field(default="", max_length=32)
     boot: bool = False
-    ip: IpAddress | None = None
+    ip: IpAddress | None = Field(default=None, description="DHCP reservation (what the host gets while it "
+                                                          "network-boots)")
+
+
+class NicIn(IpSettings, _NicId):
+    """A NIC; ``address`` & co. configure it statically in the installed OS (provisioner/netspec.py)."""
+
+    model_config = _IN
 
 
 class NicPublic(BaseModel):
@@ -180,6 +188,18 @@ class NicPublic(BaseModel):
     name: str
     boot: bool
     ip: str | None
+    address: str | None
+    gateway: str | None
+    nameservers: list[str]
+    search: list[str]
+    mtu: int | None
+
+
+class NetworkOut(BaseModel):
+    """``network`` of a host: its bonds and VLANs (the columns ``network_bonds``, ``network_vlans``)."""
+
+    bonds: list[BondIn]
+    vlans: list[VlanIn]
 
 
 class BmcIn(_In):
@@ -253,12 +273,21 @@ class HostCreate(_In):
         "how prov reaches the BMC; none given: kind 'manual', a host powered by hand (prov asks the "
         "operator, verify checks nothing), as MAAS does for a machine without a power driver"))
     netboot: bool = False
-    ip_address: IpAddress | None = None
+    ip_address: IpAddress | None = Field(default=None, description="where prov reaches the installed host "
+                                                                   "(default: the boot NIC's ip)")
+    network: NetworkIn = Field(default_factory=NetworkIn, description="bonds and VLANs of the installed OS")
 
     @field_validator("nics")
     @classmethod
     def _nics(cls, v: list[NicIn]) -> list[NicIn]:
         return _check_nics(v) or []
+
+    @model_validator(mode="after")
+    def _network(self) -> HostCreate:
+        found = problems(self.nics, self.network)
+        if found:
+            raise validation_error("HostCreate", found)
+        return self
 
     @field_validator("roles")
     @classmethod
@@ -277,6 +306,8 @@ class HostUpdate(_In):
     bmc: BmcUpdate | None = None
     netboot: bool | None = None
     ip_address: IpAddress | None = None
+    network: NetworkIn | None = Field(default=None, description="replaces the bonds and VLANs; checked with "
+                                                                "the NICs (these or the stored ones)")
 
     @field_validator("nics")
     @classmethod
@@ -287,6 +318,11 @@ class HostUpdate(_In):
     def _dedupe(self) -> HostUpdate:
         if self.roles is not None:
             self.roles = list(dict.fromkeys(self.roles))
+        # Both given: checked here, with their locations; one alone is checked with the stored other (crud).
+        if self.nics is not None and self.network is not None:
+            found = problems(self.nics, self.network)
+            if found:
+                raise validation_error("HostUpdate", found)
         return self
 
 
@@ -306,6 +342,7 @@ class HostPublic(BaseModel):
     power_checked_at: datetime | None
     bmc: BmcPublic
     nics: list[NicPublic]
+    network: NetworkOut
     netboot: bool
     ip_address: str | None
     installed_at: datetime | None

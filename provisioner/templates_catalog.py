@@ -34,6 +34,7 @@ from provisioner.drivers.deploy.base import CONFIG_METHODS, INSTALL_METHODS
 from provisioner.drivers.deploy.templates import TemplateDeploy
 from provisioner.errors import InvalidInput, TemplateError
 from provisioner.models import Host, Profile
+from provisioner.netview import empty_view
 from provisioner.render import get_env, render_string
 from provisioner.render_limits import DEFAULT_LIMITS, UPLOAD_LIMITS, LimitExceeded, Limits
 from provisioner.settings import Settings, get_settings
@@ -71,6 +72,7 @@ def sample_context(install_method: str = "kickstart", os_family: str | None = No
         "mac": nic["mac"],
         "nic": nic,
         "nics": [nic],
+        "network": empty_view(),  # nothing declared: DHCP on the boot NIC (tests/golden/network/ for the rest)
         "urls": {
             "config": f"{ib}/config",
             "nocloud": f"{ib}/",

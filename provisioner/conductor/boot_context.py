@@ -1,4 +1,4 @@
-"""The template context of one host: host, NIC(s), profile, install params, token and URLs.
+"""The template context of one host: host, NIC(s), network, profile, install params, token and URLs.
 
 Built here, from the database, for every boot config, install file and deploy
 agent prov renders for a host; the drivers only ever see the plain dicts and
@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from provisioner import crud
+from provisioner import crud, netspec, netview
 from provisioner.drivers.boot.configs import boot_file_url, installer_urls
 from provisioner.drivers.deploy.base import RAMDISK_INITRD, RAMDISK_KERNEL
 from provisioner.drivers.deploy.params import install_params, param
@@ -69,6 +69,16 @@ def _with_controller_key(keys: list[str], settings: Settings) -> list[str]:
     return list(dict.fromkeys([*keys, own]))
 
 
+def network_context(host: Host, nics: list[Nic], boot: Nic, profile: Profile | None) -> dict[str, Any]:
+    """``network``: the installed OS's interfaces (provisioner/netview.py); InvalidInput names a field
+    the host's spec gets wrong, or one its profile's installer cannot express (kickstart)."""
+    network = netspec.network_of(host.network_bonds, host.network_vlans)
+    view = netview.view(nics, network, boot_mac=boot.mac)
+    if profile is not None and profile.install_method == "kickstart":
+        netspec.raise_invalid(netview.kickstart_problems(view, nics, network))
+    return view
+
+
 def boot_context(
     session: Session,
     host: Host,
@@ -119,6 +129,7 @@ def boot_context(
             ctx["urls"]["agent"] = f"{install_base}/agent.sh"
         ctx["urls"].update(installer_urls(kernel_url, initrd_url, base))
         ctx["profile"] = _profile_dict(profile, base)
+    ctx["network"] = network_context(host, nics, nic, profile)
     ctx["host"] = {
         "id": host.id,
         "name": host.name,
