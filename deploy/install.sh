@@ -29,6 +29,7 @@ DEV_PKGS=(
   libxml2-utils virtinst          # virt-xml-validate, virt-install (bench/virt reference)
   openssh-server sshpass nftables # namespace SSH hosts for Ansible
   debconf-utils cloud-init grub-common  # preseed, cloud-config and grub.cfg validators
+  netplan.io                      # netplan v2 validator (autoinstall network:, NoCloud network-config)
   netcat-openbsd wrk bridge-utils iptables
   docker-compose                  # parses deploy/compose.yaml (no engine needed)
   debian-installer-12-netboot-amd64  # the installer-driven (preseed) path of the e2e lab
