@@ -4,6 +4,9 @@
   hosts through ``POST /racks/lab/provision``; then, from the test (not from
   prov): SSH in with the lab's admin key, Docker runs a container, password
   login is refused;
+* the declared network of lab-01 (tests/e2e/conftest.py ``lab_net``): the installed
+  guest answers ICMP and SSH on its static address (not on its DHCP reservation) and,
+  through a VLAN interface the test made on the lab bridge, on its VLAN address;
 * no reinstall loop: an active host forced to PXE-boot by its BMC
   (``ipmitool chassis bootdev pxe`` + power cycle) gets the local-boot script
   and comes back as the same installed system;
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import httpx
 import pytest
 
 from provisioner.lab import bmc as labbmc
-from tests.e2e.conftest import VERIFY_IMAGE, Installed
+from tests.e2e.conftest import VERIFY_IMAGE, Installed, LabNet, address, icmp_echo
 from tests.support.helpers import require_binary
 from tests.support.labrig import Rig, host_events
 
@@ -36,7 +40,7 @@ def test_rack_installs_to_active_and_is_proven_from_outside(installed: Installed
     assert installed.task["status"] == "succeeded", installed.task.get("error")
     for name, host in installed.hosts.items():
         assert host["state"] == "active", f"{name}: {host['state']} ({host.get('last_error')})"
-        ip = host["nics"][0]["ip"]
+        ip = address(host)
         # 1. SSH with the admin key the lab generated (not the controller's Ansible key)
         who = rig.ssh(ip, "id", "-un")
         assert who.returncode == 0 and who.stdout.strip() == "prov", f"{name}: ssh failed: {who.stderr}"
@@ -54,6 +58,36 @@ def test_rack_installs_to_active_and_is_proven_from_outside(installed: Installed
     print(f"E2E phases per host (s): {installed.phases}")
 
 
+def test_static_address_and_vlan_answer_from_the_controller(installed: Installed, lab_net: LabNet) -> None:
+    rig = installed.rig
+    host = installed.hosts[lab_net.host]
+    assert host["state"] == "active", host.get("last_error")
+    assert host["nics"][0]["address"].startswith(f"{lab_net.static_ip}/")
+    assert host["network"]["vlans"][0]["id"] == lab_net.vlan_id
+    # 1. the static address answers; the DHCP reservation does not (the installed OS took no lease)
+    assert icmp_echo(lab_net.static_ip), f"no ICMP echo reply from {lab_net.static_ip}"
+    assert not icmp_echo(lab_net.reservation, count=2, timeout=1.0), f"{lab_net.reservation} answers: DHCP?"
+    # 2. from inside: the address is static (no "dynamic" lease flag), the default route is the declared one,
+    #    and the VLAN sub-interface exists with its 802.1Q id
+    addr = rig.ssh(lab_net.static_ip, "ip", "-4", "-o", "addr", "show", "dev", "prov0")
+    assert addr.returncode == 0 and f"inet {lab_net.static_ip}/" in addr.stdout, addr.stdout + addr.stderr
+    assert "dynamic" not in addr.stdout, addr.stdout
+    route = rig.ssh(lab_net.static_ip, "ip", "-4", "route", "show", "default")
+    assert f"default via {rig.spec.gateway} dev prov0" in route.stdout, route.stdout
+    vlan = rig.ssh(lab_net.static_ip, "ip", "-d", "-4", "addr", "show", "dev", f"prov0.{lab_net.vlan_id}")
+    assert f"vlan protocol 802.1Q id {lab_net.vlan_id}" in vlan.stdout, vlan.stdout + vlan.stderr
+    assert f"inet {lab_net.vlan_ip}/" in vlan.stdout, vlan.stdout
+    # 3. over the tagged VLAN, from the controller's side (the test's VLAN interface on the lab bridge)
+    assert icmp_echo(lab_net.vlan_ip), f"no ICMP echo reply from {lab_net.vlan_ip} on VLAN {lab_net.vlan_id}"
+    who = rig.ssh(lab_net.vlan_ip, "id", "-un")
+    assert who.returncode == 0 and who.stdout.strip() == "prov", who.stderr
+    route = subprocess.run(["ip", "-4", "route", "get", lab_net.vlan_ip], capture_output=True, text=True,
+                           timeout=10)
+    assert f"dev {lab_net.local_if}" in route.stdout, route.stdout  # it really went over the VLAN interface
+    print(f"E2E network: {lab_net.host} answers on {lab_net.static_ip} (static) and {lab_net.vlan_ip} "
+          f"(VLAN {lab_net.vlan_id} via {lab_net.local_if})")
+
+
 def _wait_ssh(rig: Rig, ip: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,11 +97,11 @@ def _wait_ssh(rig: Rig, ip: str, timeout: float) -> None:
     pytest.fail(f"{ip} did not answer SSH within {timeout:.0f} s after the PXE boot")
 
 
-def test_forced_pxe_boot_of_an_active_host_does_not_reinstall(installed: Installed) -> None:
+def test_forced_pxe_boot_of_an_active_host_does_not_reinstall(installed: Installed, lab_net: LabNet) -> None:
     rig = installed.rig
     name = "lab-01"
     host = installed.hosts[name]
-    ip = host["nics"][0]["ip"]
+    ip = address(host)
     marker = f"/var/tmp/prov-e2e-{int(time.time())}"
     # sync: the BMC's power off is a hard one, and an unsynced file would be lost with the page cache
     assert rig.ssh(ip, f"sudo touch {marker} && sync").returncode == 0  # one remote shell line
@@ -83,6 +117,9 @@ def test_forced_pxe_boot_of_an_active_host_does_not_reinstall(installed: Install
     _wait_ssh(rig, ip, 600)
     # Same installed system (the marker survived), still active, no install step happened
     assert rig.ssh(ip, "test", "-e", marker).returncode == 0, "the disk was rewritten: reinstall loop"
+    # the declared network came back with it (ifupdown's files, not a cloud-init first boot)
+    if name == lab_net.host:
+        assert rig.ssh(lab_net.vlan_ip, "true").returncode == 0, f"VLAN address {lab_net.vlan_ip} after the reboot"
     with rig.ctl.client() as c:
         assert c.get(f"/api/v1/hosts/{name}")["state"] == "active"
     new = host_events(rig, name)[before:]
