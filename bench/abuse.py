@@ -25,7 +25,12 @@ is bmc_*, apart from other 5xx), the real TFTP client's successes, the
 installs' progress and durations, and PASS/FAIL against issue 18's targets:
 /healthz p99 < 100 ms under abuse, 0 x 5xx, every real TFTP fetch succeeds,
 every install reaches active. Loopback only; the 2-core machine this runs on
-also runs the load, so wall-clock figures include that.
+also runs the load, so wall-clock figures include that: the report ends with the
+CPU each side used in the abuse phase. The generators are cheap by design (the
+API clients are one asyncio process on raw keep-alive connections,
+bench/abuse_http.py; the poller its own process at nice -5; the flood one
+thread of non-blocking sockets): together about 0.15 of a core, against the
+controller's one core of GIL-bound Python, so the figures are the controller's.
 """
 
 from __future__ import annotations
@@ -223,6 +228,24 @@ def read_out(proc: subprocess.Popen[bytes], out: Path, timeout: float) -> dict[s
 
 
 # --------------------------------------------------------------------------- the run
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (nan once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15 of proc(5))
+
+
+def own_cpu_seconds() -> float:
+    """This process (the flood, the installers, the real TFTP client's loop) and its reaped children (curl)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 @dataclass
 class Phases:
     marks: list[tuple[str, float, float]] = field(default_factory=list)  # name, start, end (monotonic)
@@ -282,6 +305,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             th = install_all(api, ctl.url, hosts["installs"], "abuse", args.install_timeout, res["installs"], gate)
             wait_in_progress(res["installs"], "abuse", 30)
             with phases.phase("abuse"):
+                assert ctl.proc is not None
+                cpu0 = {"controller": cpu_seconds(ctl.proc.pid), "healthz poller": cpu_seconds(poller.pid),
+                        "bench (flood, installers, curl)": own_cpu_seconds(), "wall": time.monotonic()}
                 flood.open()
                 flood_stop = threading.Event()
                 flood_th = threading.Thread(target=flood.run, args=(flood_stop, args.flood_interval), daemon=True)
@@ -293,6 +319,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 flood_stop.set()
                 flood_th.join(args.flood_interval + 5)
                 res["installs_done_in_abuse"] = not th.is_alive()
+                cpu1 = {"controller": cpu_seconds(ctl.proc.pid), "healthz poller": cpu_seconds(poller.pid),
+                        "bench (flood, installers, curl)": own_cpu_seconds(), "wall": time.monotonic()}
+                res["cpu"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
+                res["cpu"]["API clients"] = res["api"].get("cpu_s", float("nan"))
             th.join(args.install_timeout)  # an install still running when the load stops must still finish
             with phases.phase("idle (after)"):
                 time.sleep(args.idle)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import socket
 import struct
 import subprocess
@@ -175,7 +176,9 @@ async def _run_api(cfg: dict[str, Any]) -> dict[str, Any]:
     for client in clients:
         await client.close()
     crashed = [repr(j.exception()) for j in done if not j.cancelled() and j.exception() is not None]
-    return {**tally.to_json(), "abandoned": len(pending), "crashed": crashed[:5]}
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the whole process: it runs only this phase
+    return {**tally.to_json(), "abandoned": len(pending), "crashed": crashed[:5],
+            "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 # --------------------------------------------------------------------------- /healthz poller (child process)

@@ -139,6 +139,11 @@ def report(args: argparse.Namespace, res: dict[str, Any], load_start: float) -> 
     print()
     inst_ok, inst_n = install_table(res)
     print(f"\ncontroller log: {res.get('log_lines', 0)} lines, {res.get('tracebacks', 0)} tracebacks")
+    cpu = dict(res.get("cpu", {}))
+    wall = cpu.pop("wall", float("nan"))
+    if cpu:
+        print(f"CPU in the abuse phase ({wall:.0f} s): " + ", ".join(
+            f"{k} {v:.1f} s ({v / wall:.2f} cores)" for k, v in cpu.items()))
     loud_hz = hz.get("abuse", {})
     t_ok, t_n = tftp.get("abuse", (0, 0))
     all_t = [f for f in res["tftp"]]

@@ -39,10 +39,13 @@ def settings_with(**overrides: object) -> Settings:
 def prepare(settings: Settings) -> str | None:
     """Directories, logging, schema migration; returns the admin token created on the very first start.
 
+    Log lines are written by a thread of their own (logs.setup_logging ``background``): the event
+    loop only queues them.
+
     The token exists in plain text only in that return value (only its sha256 is stored).
     """
     settings.ensure_dirs()
-    setup_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log_level, settings.log_json, background=True)
     migrate.upgrade(settings)
     return auth.ensure_admin_token(settings)
 

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from provisioner.api.offload import limit_route_threads
 from provisioner.metrics import http_boot_counter
 
 
@@ -146,7 +147,8 @@ def tune_gc() -> None:
 
 
 class GcTuningMiddleware:
-    """Calls ``tune_gc()`` when the ASGI lifespan start-up (the background services included) completes."""
+    """Calls ``tune_gc()`` when the ASGI lifespan start-up (the background services included)
+    completes, and cuts the route threads then (api/offload.limit_route_threads), on the serving loop."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -160,5 +162,6 @@ class GcTuningMiddleware:
             await send(message)
             if message["type"] == "lifespan.startup.complete":
                 tune_gc()
+                limit_route_threads()
 
         await self.app(scope, receive, watch)

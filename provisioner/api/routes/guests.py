@@ -7,7 +7,9 @@ failing one as a 4xx with nothing defined; ``?dry_run=true`` stops after the
 checks and returns the domain XML (200). Otherwise create and delete answer 202
 with a task (``guest-create``/``guest-delete``, followed at ``/api/v1/tasks/{id}``;
 its ``result`` is the guest, or what was deleted). Start, stop, reboot, list, show
-and the console tail answer directly. The work is the conductor's (conductor/guests.py).
+and the console tail answer directly. The work is the conductor's (conductor/guests.py); it
+talks to libvirt (a guest stop waits up to its timeout), so it runs on the network-I/O threads
+(api/offload.py), never on the few route threads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from provisioner.api.deps import ActorDep, SettingsDep
+from provisioner.api.offload import run_network_io
 from provisioner.conductor import guests
 from provisioner.conductor.guests import GuestSpec
 from provisioner.models import Task
@@ -89,48 +92,50 @@ def _accepted(task: Task, response: Response) -> dict[str, Any]:
 
 
 @router.get("/hosts/{host}/guests", response_model=GuestList)
-def list_guests(host: str, settings: SettingsDep) -> dict[str, Any]:
-    rows = guests.list_guests(settings, host)
+async def list_guests(host: str, settings: SettingsDep) -> dict[str, Any]:
+    rows = await run_network_io(lambda: guests.list_guests(settings, host))
     return {"data": rows, "count": len(rows)}
 
 
 # Two answers (the plan, 200, or the task, 202): documented per status, not validated.
 @router.post("/hosts/{host}/guests", status_code=202, response_model=None,
              responses={200: {"description": "the dry run's plan", "model": GuestPlan}, **_TASK})
-def create_guest(host: str, spec: GuestSpec, settings: SettingsDep, actor: ActorDep, response: Response,
-                 dry_run: bool = False, start: bool = True) -> dict[str, Any]:
+async def create_guest(host: str, spec: GuestSpec, settings: SettingsDep, actor: ActorDep, response: Response,
+                       dry_run: bool = False, start: bool = True) -> dict[str, Any]:
     if dry_run:
         response.status_code = 200
-        return guests.plan(settings, host, spec)
-    return _accepted(guests.submit_create(settings, host, spec, start=start, actor=actor), response)
+        return await run_network_io(lambda: guests.plan(settings, host, spec))
+    task = await run_network_io(lambda: guests.submit_create(settings, host, spec, start=start, actor=actor))
+    return _accepted(task, response)
 
 
 @router.get("/hosts/{host}/guests/{name}", response_model=GuestOut)
-def show_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
-    return guests.show(settings, host, name)
+async def show_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
+    return await run_network_io(lambda: guests.show(settings, host, name))
 
 
 @router.delete("/hosts/{host}/guests/{name}", status_code=202, response_model=TaskAccepted, responses=_TASK)
-def delete_guest(host: str, name: str, settings: SettingsDep, actor: ActorDep, response: Response,
-                 volumes: bool = True) -> dict[str, Any]:
-    return _accepted(guests.submit_delete(settings, host, name, volumes=volumes, actor=actor), response)
+async def delete_guest(host: str, name: str, settings: SettingsDep, actor: ActorDep, response: Response,
+                       volumes: bool = True) -> dict[str, Any]:
+    task = await run_network_io(lambda: guests.submit_delete(settings, host, name, volumes=volumes, actor=actor))
+    return _accepted(task, response)
 
 
 @router.post("/hosts/{host}/guests/{name}/start", response_model=GuestState)
-def start_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
-    return guests.start(settings, host, name)
+async def start_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
+    return await run_network_io(lambda: guests.start(settings, host, name))
 
 
 @router.post("/hosts/{host}/guests/{name}/stop", response_model=GuestStopped)
-def stop_guest(host: str, name: str, body: StopRequest, settings: SettingsDep) -> dict[str, Any]:
-    return guests.stop(settings, host, name, timeout=body.timeout, force=body.force)
+async def stop_guest(host: str, name: str, body: StopRequest, settings: SettingsDep) -> dict[str, Any]:
+    return await run_network_io(lambda: guests.stop(settings, host, name, timeout=body.timeout, force=body.force))
 
 
 @router.post("/hosts/{host}/guests/{name}/reboot", response_model=GuestState)
-def reboot_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
-    return guests.reboot(settings, host, name)
+async def reboot_guest(host: str, name: str, settings: SettingsDep) -> dict[str, Any]:
+    return await run_network_io(lambda: guests.reboot(settings, host, name))
 
 
 @router.get("/hosts/{host}/guests/{name}/console", response_model=GuestConsole)
-def guest_console(host: str, name: str, settings: SettingsDep, lines: int = 50) -> dict[str, Any]:
-    return guests.console_tail(settings, host, name, lines)
+async def guest_console(host: str, name: str, settings: SettingsDep, lines: int = 50) -> dict[str, Any]:
+    return await run_network_io(lambda: guests.console_tail(settings, host, name, lines))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import anyio
 import anyio.to_thread
+from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -38,6 +40,21 @@ async def healthz() -> dict[str, str]:
 
 # A probe gets its answer within this long even when the database (or every route thread) is busy.
 READY_TIMEOUT_S = 2.0
+# The check's own threads: in the route threads' queue (api/offload.ROUTE_THREADS, hundreds of
+# requests deep under load) a probe waited its whole timeout and answered 503 with the database
+# idle. Two: a check stuck on a dead database keeps its thread (abandon_on_cancel), and the next
+# probe still finds one.
+_READY_LIMITER: RunVar[CapacityLimiter] = RunVar("prov_readyz_limiter")
+READY_THREADS = 2
+
+
+def _ready_limiter() -> CapacityLimiter:
+    try:
+        return _READY_LIMITER.get()
+    except LookupError:
+        limiter = CapacityLimiter(READY_THREADS)
+        _READY_LIMITER.set(limiter)
+        return limiter
 
 
 def _check_database(settings: Settings) -> str | None:
@@ -56,7 +73,8 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
     # abandon_on_cancel: a check stuck on the pool finishes (and gives its connection back) by itself
     with anyio.move_on_after(READY_TIMEOUT_S):
         try:
-            version = await anyio.to_thread.run_sync(_check_database, settings, abandon_on_cancel=True)
+            version = await anyio.to_thread.run_sync(_check_database, settings, abandon_on_cancel=True,
+                                                     limiter=_ready_limiter())
             reason = ""
         except (SQLAlchemyError, TimeoutError) as exc:
             reason = exc.__class__.__name__

@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from provisioner.api.deps import SettingsDep
+from provisioner.api.offload import run_network_io
 from provisioner.conductor import virt
 
 router = APIRouter(tags=["virt"])
@@ -49,6 +50,7 @@ class VirtReportOut(BaseModel):
 
 # Documented, not validated: a report stored by an older controller may lack newer keys.
 @router.get("/hosts/{host}/virt", response_model=None, responses={200: {"model": VirtReportOut}})
-def get_host_virt(host: str, settings: SettingsDep, refresh: bool = False) -> dict[str, Any]:
+async def get_host_virt(host: str, settings: SettingsDep, refresh: bool = False) -> dict[str, Any]:
     """The host's virtualisation report (stored; ``refresh=true`` measures it again)."""
-    return virt.host_report(settings, host, refresh=refresh)
+    # a refresh runs the pre-flight over SSH (up to 30 s): on the network-I/O threads (api/offload.py)
+    return await run_network_io(lambda: virt.host_report(settings, host, refresh=refresh))
