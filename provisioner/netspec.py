@@ -271,6 +271,12 @@ def ifname(i: int, nic: NicLike) -> str:
     return nic.name or f"prov{i}"
 
 
+def reachable_at(nic: Any) -> str | None:
+    """Where the installed OS answers on this NIC: its static address, else its DHCP reservation."""
+    address: str | None = getattr(nic, "address", None)
+    return address.split("/", 1)[0] if address else nic.ip
+
+
 def declared(nics: Sequence[NicLike], network: NetworkIn) -> bool:
     return bool(network.bonds or network.vlans or any(is_configured(n) for n in nics))
 

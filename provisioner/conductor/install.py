@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from provisioner import crud, lifecycle
+from provisioner import crud, lifecycle, netspec
 from provisioner import metrics as prov_metrics
 from provisioner import states as S
 from provisioner.conductor import install_tokens
@@ -66,7 +66,7 @@ def _ssh_address(session: Session, host: Host) -> str | None:
     assert host.id is not None
     nics = crud.host_nics(session, host_id=host.id)
     boot = next((n for n in nics if n.boot), nics[0] if nics else None)
-    return boot.ip if boot else None
+    return netspec.reachable_at(boot) if boot else None  # a static address is where the installed OS answers
 
 
 def validate(session: Session, host: Host, profile: Profile | None, settings: Settings) -> list[str]:

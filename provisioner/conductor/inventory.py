@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from provisioner import crud
+from provisioner import crud, netspec
 from provisioner.models import Host, Profile, Rack
 
 _GROUP_SAFE = re.compile(r"[^a-z0-9_]")
@@ -34,8 +34,8 @@ def host_address(session: Session, host: Host) -> str:
         return host.ip_address
     if host.id is not None:
         for nic in crud.host_nics(session, host_id=host.id):
-            if nic.ip:
-                return nic.ip
+            if address := netspec.reachable_at(nic):  # its static address, else its reservation
+                return address
     return host.name
 
 

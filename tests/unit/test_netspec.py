@@ -282,6 +282,11 @@ def test_boot_context_renders_the_stored_network(db, settings) -> None:  # type:
     with pytest.raises(InvalidInput) as exc:
         cat.render_install_file(db, host, None, settings)
     assert exc.value.details["field"] == "network.vlans[1].link"
+    # prov reaches the installed host at the static address (no ip_address given), not at the reservation
+    from provisioner.conductor import install, inventory
+
+    assert host.ip_address is None and nic.ip
+    assert install._ssh_address(db, host) == "10.10.0.40" == inventory.host_address(db, host)
     # the same host deploying an image: NoCloud has no such limit
     update = HostUpdate.model_validate({"network": {"vlans": host.network_vlans}})
     assert update.network is not None and len(update.network.vlans) == 2
