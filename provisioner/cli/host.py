@@ -21,6 +21,7 @@ import typer
 
 from provisioner.cli.choices import BmcKind, HostState, PowerState
 from provisioner.cli.groups import host_app
+from provisioner.cli.host_network import NetworkFileOpt, read_network_file
 from provisioner.cli.output import (
     Columns,
     NoHeadersOpt,
@@ -207,6 +208,7 @@ def add(
     bmc_password_stdin: PwStdinOpt = False,
     profile: Annotated[str | None, typer.Option("--profile", help="OS profile name")] = None,
     role: Annotated[list[str] | None, typer.Option("--role", help="role tag (repeatable)")] = None,
+    network_file: NetworkFileOpt = None,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Enrol a host."""
@@ -215,7 +217,11 @@ def add(
         body["rack"] = check("--rack", "validate_slug", rack)
     if u is not None:
         body["u_position"] = u
-    body["nics"] = nics_body(mac or [], boot_mac)
+    net = read_network_file(network_file) if network_file is not None else {}
+    if "nics" in net and (mac or boot_mac):
+        raise InvalidInput(field="--mac", reason="the NICs come from --network-file (its nics)")
+    body["nics"] = net.pop("nics") if "nics" in net else nics_body(mac or [], boot_mac)
+    body.update(net)
     if ip is not None:
         body["ip_address"] = ip  # checked by the API (422 naming ip_address)
     needs_pw = (bmc_kind.value if bmc_kind else "ipmi") in PASSWORD_KINDS and bmc_address is not None
@@ -296,6 +302,7 @@ def set_(
     role: Annotated[list[str] | None, typer.Option("--role", help="replace the roles (repeatable)")] = None,
     add_role: Annotated[list[str] | None, typer.Option("--add-role", help="add a role (repeatable)")] = None,
     rm_role: Annotated[list[str] | None, typer.Option("--rm-role", help="remove a role (repeatable)")] = None,
+    network_file: NetworkFileOpt = None,
     output: OutputFormat = OutputOpt,
 ) -> None:
     """Change a host's fields; only the options given change."""
@@ -304,6 +311,10 @@ def set_(
         body["rack"] = check("--rack", "validate_slug", rack)
     if u is not None:
         body["u_position"] = u
+    net = read_network_file(network_file) if network_file is not None else {}
+    if "nics" in net and (mac or boot_mac):
+        raise InvalidInput(field="--mac", reason="the NICs come from --network-file (its nics)")
+    body.update(net)
     if mac:
         body["nics"] = nics_body(mac, boot_mac)
     elif boot_mac:

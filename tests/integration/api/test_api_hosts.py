@@ -27,7 +27,8 @@ def test_create_host_issue_shape(client) -> None:  # type: ignore[no-untyped-def
     h = r.json()
     assert h["name"] == "web01" and h["rack"] == "r1" and h["profile"] == "debian12"
     assert h["state"] == "enrolled" and h["roles"] == ["docker"]
-    assert h["nics"] == [{"mac": "52:54:00:12:34:56", "name": "", "boot": True, "ip": None}]
+    assert h["nics"] == [{"mac": "52:54:00:12:34:56", "name": "", "boot": True, "ip": None, "address": None,
+                          "gateway": None, "nameservers": [], "search": [], "mtu": None}]
     assert h["bmc"]["password_set"] is True
     assert "password" not in h["bmc"] and "pw-xyz1" not in r.text
     assert client.get("/api/v1/hosts/web01").json()["id"] == h["id"]

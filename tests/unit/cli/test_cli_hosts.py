@@ -70,7 +70,8 @@ def test_host_add_and_show(prov: Prov, uid: str, rack: str, host: str) -> None:
     assert r.exit_code == 0
     data = json.loads(r.stdout)
     assert data["rack"] == rack and data["u_position"] == 10
-    assert data["nics"] == [{"mac": _mac(uid), "name": "", "boot": True, "ip": None}]
+    assert data["nics"] == [{"mac": _mac(uid), "name": "", "boot": True, "ip": None, "address": None, "gateway": None,
+                             "nameservers": [], "search": [], "mtu": None}]
     assert data["bmc"]["password_set"] is True
     assert data["roles"] == ["docker", "web"]
     assert PASSWORD not in r.stdout
