@@ -3,16 +3,19 @@
 The Fernet key comes from ``PROV_SECRET_KEY`` or from ``{data_dir}/secret.key``,
 created 0600 on first use. A password is decrypted only in memory, at call time,
 by the driver that needs it; every value that has been decrypted or stored is
-registered with the log masker so it can never reach a log line or an error.
+registered with the log masker so it can never reach a log line or an error
+(in a reply: unless its request carried it, see mask, so that no reply tells a
+caller which of its values are stored secrets).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -105,30 +108,63 @@ _CARRIER = re.compile(
 _TOKEN_SHAPE = re.compile(r"(?<![0-9])[0-9]{1,20}\.[A-Za-z0-9_\-]{32,}")
 
 
-def mask(text: str) -> str:
-    """Replace every known secret in ``text``, and tokens by where they travel and their shape."""
+class Told:
+    """What the reader of a reply sent (its request's path, query and body): a known secret found
+    in it, in any of the spellings a message may give it, is no secret to that reader.
+
+    ``texts`` is called the first time a secret is looked up (most replies hold none)."""
+
+    def __init__(self, texts: Callable[[], Iterable[str]] = tuple) -> None:
+        self._texts = texts
+        self._forms: tuple[str, ...] | None = None
+
+    def _spellings(self) -> tuple[str, ...]:
+        if self._forms is None:
+            forms: list[str] = []
+            for text in self._texts():
+                # as sent, and as a message may quote it: case-folded, whitespace collapsed,
+                # escaped by repr() (a {name!r} template) or JSON
+                base = (text, text.lower(), text.upper(), " ".join(text.split()))
+                forms += [*base, *(repr(t)[1:-1] for t in base), *(json.dumps(t)[1:-1] for t in base)]
+            self._forms = tuple(forms)
+        return self._forms
+
+    def __contains__(self, secret: object) -> bool:
+        return isinstance(secret, str) and any(secret in form for form in self._spellings())
+
+
+NOBODY = Told()
+
+
+def mask(text: str, told: Told = NOBODY) -> str:
+    """Replace every known secret in ``text``, and tokens by where they travel and their shape.
+
+    ``told``: for a reply, what its request sent. A known secret that the request itself carried
+    stays as it is: masking it told the caller which of its values are stored secrets (an error
+    echoing ``'<guess>'`` came back as ``'********'`` exactly when the guess was a BMC password,
+    issue 18), and unmasked it tells them only what they sent. Masking by shape (tokens) treats
+    every value of one shape alike, so it applies everywhere."""
     for s in _by_length:
-        if s in text:
+        if s in text and s not in told:
             text = text.replace(s, MASK)
     text = _CARRIER.sub(lambda m: m.group("carrier") + MASK, text)
     return _TOKEN_SHAPE.sub(MASK, text)
 
 
-# Replies to unauthenticated requests: a value the client sent never comes back, secret or not.
-# Masking alone made replies an oracle: ``GET /boot/ipxe/<guess>`` echoed ``'********'`` exactly
-# when the guess was a stored BMC password (issue 18). Values shorter than this cannot be a
-# registered secret (see register) and are left alone.
+# Replies to unauthenticated requests: a value the client sent never comes back, secret or not
+# (and what is left is masked as mask() does for a reply: never what the request carried).
+# Values shorter than this cannot be a registered secret (see register) and are left alone.
 ECHO = "<redacted>"
 _MIN_ECHO = 3
 
 
-def mask_reply(text: str, supplied: Iterable[str]) -> str:
+def mask_reply(text: str, supplied: Iterable[str], told: Told = NOBODY) -> str:
     """``text`` with every client-supplied value replaced by ``ECHO`` (whether it is a secret or
-    not, so the reply cannot tell), then masked as usual."""
+    not, so the reply cannot tell), then masked as a reply to ``told``."""
     for value in sorted({v for v in supplied if len(v) >= _MIN_ECHO}, key=len, reverse=True):
         if value in text:
             text = text.replace(value, ECHO)
-    return mask(text)
+    return mask(text, told)
 
 
 class MaskingFilter(logging.Filter):

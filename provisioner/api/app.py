@@ -87,7 +87,7 @@ def _validation_handler(request: Request, exc: RequestValidationError) -> JSONRe
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         if is_public(request):  # nothing the client sent is echoed there (api/error_text.py)
             field, msg = public_validation_error(e, field, msg)
-        errs.append({"field": field, "message": mask(msg)})
+        errs.append({"field": field, "message": reply_text(request, msg)})  # never an oracle (error_text.py)
     first = errs[0] if errs else {"field": "body", "message": "invalid request"}
     return JSONResponse(
         status_code=422,

@@ -21,8 +21,28 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+# The request body as the app read it (chunks, within the size limit), for error replies: a known
+# secret the request carried is never masked in its reply (api/error_text.py, secret_store.mask).
+REQUEST_BODY = "prov.request_body"
+
+
+def _kept(scope: Scope, receive: Receive) -> Receive:
+    """``receive`` that also keeps what it hands on in ``scope[REQUEST_BODY]``."""
+    kept: list[bytes] = []
+    scope[REQUEST_BODY] = kept
+
+    async def keep() -> Message:
+        message = await receive()
+        if message["type"] == "http.request" and message.get("body"):
+            kept.append(message["body"])
+        return message
+
+    return keep
+
+
 class BodyLimitMiddleware:
-    """413 for bodies above ``max_bytes``: by Content-Length up front, or while streaming a chunked body."""
+    """413 for bodies above ``max_bytes``: by Content-Length up front, or while streaming a chunked
+    body; the body read is kept in the scope (``REQUEST_BODY``)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -43,9 +63,9 @@ class BodyLimitMiddleware:
                 if too_big:
                     await _send_json(send, 413, body)
                     return
-        has_length = any(name == b"content-length" for name, _ in scope.get("headers", []))
-        if has_length or scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            await self.app(scope, receive, send)
+        length = next((value for name, value in scope.get("headers", []) if name == b"content-length"), None)
+        if length is not None or scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            await self.app(scope, receive if length in (None, b"0") else _kept(scope, receive), send)
             return
         # Chunked body without a length: read it here, up to the limit, then replay it.
         # (Raising from inside the app's receive() would surface as a 400 parse error.)
@@ -63,6 +83,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        scope[REQUEST_BODY] = chunks
         replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
         async def replay_receive() -> Message:
