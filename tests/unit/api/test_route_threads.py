@@ -20,7 +20,7 @@ from provisioner.api.routes import health
 from tests.support.install import Api, api, db, settings  # noqa: F401
 
 
-def test_the_serving_loop_has_route_threads_threads(api: Api) -> None:
+def test_the_serving_loop_has_only_route_threads_threads(api: Api) -> None:
     portal = api.client.portal
     assert portal is not None
     tokens = portal.call(lambda: _total_tokens())
