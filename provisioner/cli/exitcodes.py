@@ -22,6 +22,7 @@ UNREACHABLE = 7  # the prov controller could not be reached (refused, no route, 
 DRIFT = 8  # `prov drift`: something differs from the last applied inventory
 TIMEOUT = 9  # gave up waiting for a task or a state (the work may still finish: `prov task show ID`)
 WARNED = 10  # `prov template render --strict`: rendered, but with warnings (printed on stderr)
+NOT_CONFIRMED = 11  # `apply`: a plan that installs, starts guests or deletes was not confirmed (nothing changed)
 INTERRUPTED = 130  # Ctrl-C (the shell's 128 + SIGINT)
 
 # What each code means, in the README's words (tests/unit/cli/test_cli_exit_codes.py keeps both in step).
@@ -37,6 +38,8 @@ MEANING: dict[int, str] = {
     DRIFT: "`drift`: drift found",
     TIMEOUT: "timed out while waiting for a task or a state",
     WARNED: "`template render --strict`: rendered with warnings",
+    NOT_CONFIRMED: "`apply`: not confirmed (the answer was not `yes`, or not a terminal and no `--yes`); "
+                   "nothing changed",
     INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

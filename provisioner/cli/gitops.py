@@ -1,10 +1,11 @@
-"""``prov plan`` / ``prov apply`` / ``prov drift`` / ``prov inventory schema|validate``.
+"""``prov plan`` / ``prov apply`` / ``prov inventory schema|validate`` (``prov drift``: gitops_drift.py).
 
 Exit codes follow Terraform's ``-detailed-exitcode``: plan exits 0 when there is
 nothing to do, 2 when there are changes, 1 on an error in the inventory, the plan
 or an action (2 is taken); only an API token refused (5) and a controller that
 cannot be reached (7) keep their own codes (exitcodes.py). apply exits 0 when every
-action succeeded, 1 otherwise; drift 0 when nothing drifted, 8 when something did.
+action succeeded, 1 otherwise, 11 when a plan that installs, starts guests or deletes
+was not confirmed (Terraform's "Type yes"; off a terminal only ``--yes`` confirms).
 The gitops package (pydantic models, git) loads inside the commands.
 """
 
@@ -12,20 +13,19 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from provisioner.cli import exitcodes
 from provisioner.cli.groups import app, inventory_app
-from provisioner.cli.output import NoHeadersOpt, OutputFormat, OutputOpt, YesOpt, confirm, emit, fail
+from provisioner.cli.output import NoHeadersOpt, OutputFormat, OutputOpt, emit, fail
 from provisioner.client import ProvClient
 from provisioner.errors import ProvError
 
 if TYPE_CHECKING:
-    from provisioner.gitops.apply import Outcome
+    from provisioner.gitops.apply import ApplyResult, Outcome
     from provisioner.gitops.git import Checkout
     from provisioner.gitops.plan import Plan
 
@@ -33,25 +33,58 @@ FileOpt = typer.Option(None, "--file", "-f", help="inventory file or directory")
 GitOpt = typer.Option(None, "--git", help="git repository URL or path holding the inventory")
 RefOpt = typer.Option("main", "--ref", help="branch, tag or commit to check out (with --git)")
 PathOpt = typer.Option("", "--path", help="inventory path inside the repository (with --git)")
-DRIFT_COLUMNS = ["object", "kind", "detail"]
 PLAN_COLUMNS = ["op", "kind", "name", "host", "reason"]
+PROBLEM_COLUMNS = ["file", "line", "field", "reason"]
+SHOWN = 5  # objects named in the confirmation line before "+N more"
 
 
-def _source(file: Path | None, git: str | None, ref: str, path: str) -> tuple[Path, str, Checkout | None]:
+class _Source:
+    """Where the inventory is read: a path, or a checkout of a git commit (cleaned up after)."""
+
+    def __init__(self, path: Path, source: str, origin: dict[str, str], checkout: Checkout | None = None) -> None:
+        self.path, self.source, self.origin, self.checkout = path, source, origin, checkout
+
+    def cleanup(self) -> None:
+        if self.checkout:
+            self.checkout.cleanup()
+
+
+def _git_source(url: str, ref: str, path: str) -> _Source:
+    from provisioner.gitops.git import checkout
+
+    local = Path(url)
+    if local.exists():  # a path: absolute, so a saved plan finds it from anywhere
+        url = str(local.resolve())
+    co = checkout(url, ref, path)
+    return _Source(co.path, f"git {url}@{co.commit[:12]}",
+                   {"git": url, "ref": ref, "path": path, "commit": co.commit}, co)
+
+
+def _source(file: Path | None, git: str | None, ref: str, path: str) -> _Source:
     if git:
-        from provisioner.gitops.git import checkout
-
-        co = checkout(git, ref, path)
-        return co.path, f"git {git}@{co.commit[:12]}", co
+        return _git_source(git, ref, path)
     if file is None:
         raise fail("give the inventory with -f FILE|DIR or --git URL", exitcodes.ERROR)
-    return file, str(file), None
+    return _Source(file, str(file), {"file": str(file.resolve())})
+
+
+def _planned_source(saved: Plan) -> _Source:
+    """The inventory a saved plan was made from (``apply --plan-file`` without -f/--git)."""
+    origin = saved.origin
+    if origin.get("git") and origin.get("commit"):
+        src = _git_source(origin["git"], origin["commit"], origin.get("path", ""))
+        src.origin = dict(origin)
+        return src
+    if origin.get("file"):
+        return _Source(Path(origin["file"]), saved.source or origin["file"], dict(origin))
+    raise fail("the saved plan does not say where its inventory is (made by an older prov): "
+               "give it with -f FILE|DIR or --git URL", exitcodes.ERROR)
 
 
 def _one_line(exc: ProvError) -> str:
     errors = exc.details.get("errors")
     if isinstance(errors, list) and len(errors) > 1:
-        return f"{exc.message} (+{len(errors) - 1} more problem(s))"
+        return f"{exc.message} (+{len(errors) - 1} more problem(s): prov inventory validate lists them)"
     return exc.message
 
 
@@ -75,17 +108,17 @@ def plan_cmd(
     from provisioner.gitops import inventory as inv_mod
     from provisioner.gitops.apply import build_plan
 
-    co = None
+    src = None
     try:
-        inv_path, source, co = _source(file, git, ref, path)
-        inv = inv_mod.load(inv_path)
+        src = _source(file, git, ref, path)
+        inv = inv_mod.load(src.path)
         with ProvClient() as client:
-            plan, _world, _pw = build_plan(client, inv, source=source)
+            plan, _world, _pw = build_plan(client, inv, source=src.source, origin=src.origin)
     except ProvError as exc:
         raise _failed(exc) from None
     finally:
-        if co:
-            co.cleanup()
+        if src:
+            src.cleanup()
     if out:
         out.write_text(json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
     _show_plan(plan, output, no_headers)
@@ -117,10 +150,57 @@ def _saved_plan(path: Path) -> Plan:
         raise fail(f"{path}: not a saved prov plan ({exc.__class__.__name__})", exitcodes.ERROR) from None
 
 
-def _ask(plan: Plan, yes: bool) -> None:
-    """On a terminal, the plan's summary and a question before anything changes (``--yes`` skips it)."""
-    counts = ", ".join(f"{n} {op}" for op, n in plan.summary().items())
-    confirm(f"Apply {len(plan.actions)} change(s) ({counts})?", yes, refuse_off_terminal=False)
+def _names(items: list[str]) -> str:
+    more = f", +{len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return ", ".join(items[:SHOWN]) + more
+
+
+def disruptions(plan: Plan) -> list[str]:
+    """What in the plan powers, installs or deletes: each a phrase for the question (empty: nothing)."""
+    installs = [a.name for a in plan.actions if a.op == "install"]  # powers the host on, wipes its disk
+    starts = [a.key for a in plan.actions if a.op == "create-guest"]  # defines and starts a VM
+    deletes = [a.key for a in plan.actions if a.op in ("delete", "delete-guest")]
+    out = []
+    if installs:
+        out.append(f"installs {len(installs)} host(s) ({_names(installs)})")
+    if starts:
+        out.append(f"starts {len(starts)} guest(s) ({_names(starts)})")
+    if deletes:
+        out.append(f"deletes {len(deletes)} object(s) ({_names(deletes)})")
+    return out
+
+
+def _confirm(plan: Plan, yes: bool, output: OutputFormat, no_headers: bool) -> None:
+    """Terraform's question: on a terminal "Type yes to apply" (only ``yes`` goes on); off a terminal
+    a plan that powers, installs or deletes needs ``--yes``, any other goes on as a pipeline expects."""
+    if yes:
+        return
+    what = disruptions(plan)
+    if not sys.stdin.isatty():
+        if what:
+            raise fail(f"the plan {' and '.join(what)}: not confirmed (stdin is not a terminal; "
+                       "add --yes to apply without asking)", exitcodes.NOT_CONFIRMED)
+        return
+    from provisioner.gitops.plan import render_text
+
+    if output in (OutputFormat.table, OutputFormat.wide):
+        sys.stdout.write(render_text(plan))
+        sys.stdout.flush()
+    else:  # stdout stays the document a script asked for
+        sys.stderr.write(render_text(plan))
+    it = f": it {' and '.join(what)}" if what else ""
+    sys.stderr.write(f"\nDo you want to perform these actions?\n  prov will perform the actions described above{it}."
+                     "\n  Only 'yes' will be accepted to approve.\n\n  Type yes to apply: ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip() != "yes":
+        raise fail("Apply cancelled: the answer was not 'yes'; nothing was changed", exitcodes.NOT_CONFIRMED)
+
+
+def _allowed(plan: Plan, allow_delete: bool) -> None:
+    destructive = [a.key for a in plan.actions if a.destructive]
+    if destructive and not allow_delete:
+        raise fail(f"the plan deletes {len(destructive)} object(s) ({_names(destructive)}); "
+                   "re-run with --allow-delete to allow it", exitcodes.ERROR)
 
 
 @app.command("apply")
@@ -129,172 +209,75 @@ def apply_cmd(
     git: str | None = GitOpt,
     ref: str = RefOpt,
     path: str = PathOpt,
-    plan_file: Path | None = typer.Option(None, "--plan-file", help="apply this saved plan, only if still current"),
+    plan_file: Path | None = typer.Option(None, "--plan-file",
+                                          help="apply this saved plan, only if still current (its inventory "
+                                               "is read from where prov plan read it: -f/--git not needed)"),
     allow_delete: bool = typer.Option(False, "--allow-delete", help="allow the plan to delete objects"),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=256, help="hosts worked on at once"),
     wait: bool = typer.Option(True, "--wait/--no-wait",
                               help="wait for the install/configure tasks to end (--no-wait: only start them)"),
-    yes: YesOpt = False,
+    yes: bool = typer.Option(False, "--yes", "-y",
+                             help="apply without asking (off a terminal, a plan that installs, starts guests "
+                                  "or deletes needs it)"),
     output: OutputFormat = OutputOpt,
     no_headers: NoHeadersOpt = False,
 ) -> None:
-    """Make the controller match the inventory (asks first on a terminal). Exit 0 when every action succeeded."""
+    """Make the controller match the inventory; asks "Type yes" on a terminal. Exit 0 when every action
+    succeeded, 1 when some failed, 11 when not confirmed."""
+    from provisioner.errors import Conflict
     from provisioner.gitops import inventory as inv_mod
     from provisioner.gitops.apply import apply_plan, build_plan, check_saved_plan
+    from provisioner.gitops.plan import inventory_digest
 
-    co = None
+    src = None
     try:
-        inv_path, source, co = _source(file, git, ref, path)
-        inv = inv_mod.load(inv_path)
         saved = _saved_plan(plan_file) if plan_file is not None else None  # read before the controller is asked
-        context = f"apply {co.commit}" if co else "apply"
-        with ProvClient(context=context) as client:
-            plan, world, passwords = build_plan(client, inv, source=source)
+        src = _planned_source(saved) if saved is not None and not file and not git else _source(file, git, ref, path)
+        inv = inv_mod.load(src.path)
+        if saved is not None and saved.inventory_digest != inventory_digest(inv):
+            raise Conflict(reason=f"the saved plan is stale: the inventory changed since the plan was made "
+                                  f"({src.source}); run prov plan again")
+        commit = src.origin.get("commit") if src.checkout else None
+        with ProvClient(context=f"apply {commit}" if commit else "apply") as client:
+            plan, world, passwords = build_plan(client, inv, source=src.source, origin=src.origin)
             if saved is not None:
                 check_saved_plan(saved, plan)
-            if not plan.changed:
-                if output == OutputFormat.table:
-                    sys.stdout.write("No changes. The controller matches the inventory.\n")
-                elif not output.tabular:
-                    emit({"ok": True, "results": []}, output)
-                return
-            if output in (OutputFormat.table, OutputFormat.wide) and not yes and sys.stdin.isatty():
-                _show_plan(plan, output, no_headers)
-            _ask(plan, yes)
+            if plan.changed:
+                _allowed(plan, allow_delete)
+                _confirm(plan, yes, output, no_headers)
 
             def show(o: Outcome) -> None:
                 if output == OutputFormat.table:
-                    mark = "ok" if o.ok else "FAILED"
+                    mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[o.status]
                     msg = f": {o.message}" if o.message else ""
                     sys.stderr.write(f"{o.action.op:>12} {o.action.key} ... {mark}{msg}\n")
 
+            # a no-op apply runs too: it records the baseline (an object deleted by hand and removed
+            # from the inventory is then no drift any more)
             result = apply_plan(client, inv, plan, passwords, world, allow_delete=allow_delete,
-                                concurrency=concurrency, wait=wait, commit=co.commit if co else None, progress=show)
+                                concurrency=concurrency, wait=wait, commit=commit, progress=show)
     except ProvError as exc:
         raise _failed(exc) from None
     finally:
-        if co:
-            co.cleanup()
+        if src:
+            src.cleanup()
+    _show_result(plan, result, output, no_headers)
+
+
+def _show_result(plan: Plan, result: ApplyResult, output: OutputFormat, no_headers: bool) -> None:
     if output == OutputFormat.table:
-        failed = result.failed
-        sys.stdout.write(f"Apply: {len(result.outcomes) - len(failed)} succeeded, {len(failed)} failed.\n")
+        if not plan.changed:
+            sys.stdout.write("No changes. The controller matches the inventory.\n")
+        else:
+            sys.stdout.write(result.summary() + "\n")
     elif output.tabular:
-        emit(result.to_dict()["results"], output, columns=["op", "object", "ok", "message", "task"],
+        emit(result.to_dict()["results"], output, columns=["op", "object", "status", "message", "task"],
              headers=not no_headers)
     else:
         emit(result.to_dict(), output)
+    if result.record_error:
+        raise fail(f"the apply could not be recorded as the baseline: {result.record_error}", exitcodes.ERROR)
     raise typer.Exit(exitcodes.ERROR if result.failed else exitcodes.OK)
-
-
-def _drift_exit(rows: list[dict[str, Any]]) -> typer.Exit:
-    return typer.Exit(exitcodes.DRIFT if rows else exitcodes.OK)
-
-
-def _show_drift(rows: list[dict[str, Any]], output: OutputFormat, applied: bool, no_headers: bool) -> None:
-    if output == OutputFormat.table:
-        if not applied:
-            sys.stdout.write("Nothing applied yet: no drift to report.\n")
-        elif not rows:
-            sys.stdout.write("No drift. Reality matches the last applied inventory.\n")
-        else:
-            emit(rows, output, columns=DRIFT_COLUMNS, headers=not no_headers)
-    elif output.tabular:
-        emit(rows, output, columns=DRIFT_COLUMNS, headers=not no_headers)
-    else:
-        emit(rows, output)
-
-
-def _last_drift(output: OutputFormat, no_headers: bool) -> None:
-    """The controller's latest periodic result, as stored (nothing recomputed)."""
-    try:
-        with ProvClient() as client:
-            last = client.get("/api/v1/gitops/drift/last")
-    except ProvError as exc:
-        raise _failed(exc) from None
-    rows: list[dict[str, Any]] = list(last.get("drift") or [])
-    if output == OutputFormat.table:
-        if last.get("applied_id") is None:
-            sys.stdout.write("Nothing applied yet: no drift to report.\n")
-            raise typer.Exit(exitcodes.OK)
-        if not last.get("checked_at"):
-            every = float(last.get("interval") or 0)
-            sys.stdout.write("The controller has not checked the last applied inventory yet"
-                             + (f" (it checks every {every:.0f} s).\n" if every else " (periodic check is off).\n"))
-            raise typer.Exit(exitcodes.OK)
-        sys.stdout.write(f"Last periodic check: {last['checked_at']}\n")
-        _show_drift(rows, output, True, no_headers)
-    elif output.tabular:
-        _show_drift(rows, output, True, no_headers)
-    else:
-        emit(last, output)
-    raise _drift_exit(rows)
-
-
-def _config_drift(hosts: list[str], output: OutputFormat, timeout: float, no_headers: bool) -> None:
-    """Ansible check mode on the active hosts of the applied inventory (a controller task)."""
-    try:
-        with ProvClient() as client:
-            task = client.post("/api/v1/gitops/drift/config", json={"hosts": hosts})
-            if output == OutputFormat.table:
-                sys.stderr.write(f"task {task['id']} started: checking configuration in Ansible check mode\n")
-            deadline = time.monotonic() + timeout
-            while task["status"] not in ("succeeded", "failed", "cancelled"):
-                if time.monotonic() > deadline:
-                    raise fail(f"task {task['id']} still {task['status']} after {timeout:.0f} s "
-                               f"(prov task show {task['id']})", exitcodes.TIMEOUT)
-                time.sleep(1)
-                task = client.get(f"/api/v1/tasks/{task['id']}")
-    except ProvError as exc:
-        raise _failed(exc) from None
-    if task["status"] != "succeeded":
-        raise fail(f"config drift check {task['status']}: {task.get('error') or ''}", exitcodes.ERROR)
-    result = task.get("result") or {}
-    rows: list[dict[str, Any]] = list(result.get("drift") or [])
-    if output == OutputFormat.table:
-        sys.stdout.write(f"Checked {len(result.get('checked') or [])} active host(s) in check mode.\n")
-        _show_drift(rows, output, True, no_headers)
-    elif output.tabular:
-        _show_drift(rows, output, True, no_headers)
-    else:
-        emit(rows, output)
-    raise _drift_exit(rows)
-
-
-@app.command("drift")
-def drift_cmd(
-    last: bool = typer.Option(False, "--last", help="show the controller's latest periodic check (no recompute)"),
-    config: bool = typer.Option(False, "--config", help="run the active hosts' playbooks in Ansible check mode "
-                                "(changes nothing) and report configuration changed by hand"),
-    host: list[str] = typer.Option([], "--host", help="with --config: only this host (repeatable)"),
-    timeout: float = typer.Option(3600, "--timeout", help="with --config: seconds to wait for the check"),
-    output: OutputFormat = OutputOpt,
-    no_headers: NoHeadersOpt = False,
-) -> None:
-    """Report objects that differ from the last applied inventory. Exit 0: no drift; 8: drift found."""
-    if last and config:
-        raise fail("--last and --config exclude each other", exitcodes.ERROR)
-    if last:
-        _last_drift(output, no_headers)
-    if config:
-        _config_drift(host, output, timeout, no_headers)
-    from provisioner.gitops import drift as drift_mod
-    from provisioner.gitops.world import fetch
-
-    try:
-        with ProvClient() as client:
-            world = fetch(client)
-            # Guests only for hosts that the applied inventory gives guests.
-            inv = drift_mod.inventory_from_applied(world.applied or {})
-            if inv is not None:
-                guest_hosts = {n for n, h in inv.hosts.items() if h.guests}
-                if guest_hosts:
-                    world = fetch(client, with_guests_for=guest_hosts)
-    except ProvError as exc:
-        raise _failed(exc) from None
-    found = drift_mod.detect(world)
-    rows: list[dict[str, Any]] = drift_mod.to_dicts(found)
-    _show_drift(rows, output, bool(world.applied and world.applied.get("document")), no_headers)
-    raise _drift_exit(rows)
 
 
 @inventory_app.command("schema")
@@ -306,14 +289,33 @@ def schema_cmd() -> None:
 
 
 @inventory_app.command("validate")
-def validate_cmd(file: Annotated[Path, typer.Argument(help="inventory file or directory")]) -> None:
-    """Check an inventory offline: schema, duplicates, references, no inline secrets."""
+def validate_cmd(
+    file: Annotated[Path, typer.Argument(help="inventory file or directory")],
+    output: OutputFormat = OutputOpt,
+    no_headers: NoHeadersOpt = False,
+) -> None:
+    """Check an inventory offline: schema, duplicates, references, no inline secrets. Every problem of
+    every file in one run, each as FILE:LINE: reason. Exit 0: valid; 1: problems."""
     from provisioner.gitops import inventory as inv_mod
 
     try:
         inv = inv_mod.load(file)
     except ProvError as exc:
-        for line in exc.details.get("errors") or [exc.message]:
-            sys.stderr.write(f"error: {line}\n")
+        problems = exc.details.get("problems") or [{"file": str(file), "line": 0, "field": "",
+                                                    "reason": exc.message}]
+        if output in (OutputFormat.table, OutputFormat.wide):
+            for line in exc.details.get("errors") or [exc.message]:
+                sys.stderr.write(f"error: {line}\n")
+        elif output.tabular:
+            emit(problems, output, columns=PROBLEM_COLUMNS, headers=not no_headers)
+        else:
+            emit({"ok": False, "errors": problems}, output)
         raise typer.Exit(exitcodes.ERROR) from None
-    sys.stdout.write(f"ok: {len(inv.racks)} racks, {len(inv.hosts)} hosts, {len(inv.profiles)} profiles\n")
+    counts = {"racks": len(inv.racks), "hosts": len(inv.hosts), "profiles": len(inv.profiles)}
+    if output.tabular:
+        sys.stdout.write(f"ok: {counts['racks']} racks, {counts['hosts']} hosts, {counts['profiles']} profiles\n")
+    else:
+        emit({"ok": True, "errors": [], **counts}, output)
+
+
+from provisioner.cli import gitops_drift  # noqa: E402, F401  (registers prov drift)

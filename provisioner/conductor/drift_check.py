@@ -24,6 +24,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from provisioner import crud
+from provisioner.conductor import applied
 from provisioner.conductor.periodic import start_periodic
 from provisioner.db import get_engine
 from provisioner.errors import ProvError
@@ -45,7 +46,7 @@ GuestLister = Callable[[Session, Settings, str], list[dict[str, Any]]]
 class CheckResult:
     applied_id: int
     checked_at: datetime
-    drift: list[dict[str, str]]
+    drift: list[dict[str, Any]]
     history: list[str]  # "host: message" lines written by this pass
 
 
@@ -57,14 +58,8 @@ def _libvirt_guests(session: Session, settings: Settings, host: str) -> list[dic
         return conn.list_guests()
 
 
-def applied_dict(row: InventoryApply) -> dict[str, Any]:
-    """The shape ``GET /gitops/applied`` returns (what ``World.applied`` holds on the CLI side)."""
-    return {"id": row.id, "source": row.source, "commit": row.commit, "inventory_digest": row.inventory_digest,
-            "document": row.document, "objects": row.objects, "fingerprints": row.fingerprints, "ok": row.ok}
-
-
 def latest_applied(session: Session) -> InventoryApply | None:
-    return session.exec(select(InventoryApply).order_by(col(InventoryApply.id).desc()).limit(1)).first()
+    return applied.latest(session)
 
 
 def _all_pages(fetch: Callable[[int], tuple[Sequence[Any], int]]) -> Iterator[Any]:
@@ -81,7 +76,7 @@ def _all_pages(fetch: Callable[[int], tuple[Sequence[Any], int]]) -> Iterator[An
 def world_from_db(session: Session, settings: Settings, row: InventoryApply,
                   list_guests: GuestLister | None = None) -> tuple[World, set[str]]:
     """The World as the API would list it, and the hosts whose guests could not be listed."""
-    world = World(applied=applied_dict(row))
+    world = World(applied=applied.record_dict(session, settings, row))
     for prof in _all_pages(lambda o: crud.list_profiles(session, limit=PAGE, offset=o)):
         d = ProfilePublic.model_validate(prof).model_dump(mode="json")
         world.profiles[d["name"]] = d
@@ -112,7 +107,7 @@ def host_of(obj: str) -> str | None:
     return None
 
 
-def by_host(drift: list[dict[str, str]]) -> dict[str, frozenset[tuple[str, str, str]]]:
+def by_host(drift: list[dict[str, Any]]) -> dict[str, frozenset[tuple[str, str, str]]]:
     out: dict[str, set[tuple[str, str, str]]] = {}
     for d in drift:
         host = host_of(d.get("object", ""))
@@ -121,7 +116,7 @@ def by_host(drift: list[dict[str, str]]) -> dict[str, frozenset[tuple[str, str, 
     return {h: frozenset(s) for h, s in out.items()}
 
 
-def history_lines(previous: list[dict[str, str]] | None, current: list[dict[str, str]]) -> dict[str, str]:
+def history_lines(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> dict[str, str]:
     """host -> the one history line to write, for hosts whose drift set changed since ``previous``."""
     before, now = by_host(previous or []), by_host(current)
     lines: dict[str, str] = {}
@@ -138,7 +133,7 @@ def history_lines(previous: list[dict[str, str]] | None, current: list[dict[str,
     return lines
 
 
-def _previous_drift(session: Session) -> list[dict[str, str]] | None:
+def _previous_drift(session: Session) -> list[dict[str, Any]] | None:
     """The drift list of the latest stored pass (possibly against an older applied inventory)."""
     row = session.exec(select(InventoryApply).where(col(InventoryApply.drift_checked_at).is_not(None))
                        .order_by(col(InventoryApply.drift_checked_at).desc()).limit(1)).first()

@@ -21,7 +21,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from provisioner import states as S
-from provisioner.conductor.drift_check import applied_dict, latest_applied
+from provisioner.conductor import applied
 from provisioner.conductor.inventory import build_inventory
 from provisioner.conductor.tasks import TaskContext, get_runner
 from provisioner.drivers.config import ansible
@@ -38,10 +38,18 @@ ACTOR = "conductor:drift"
 _SHOW = 8
 
 
-def targets(session: Session, only: list[str] | None = None) -> dict[tuple[tuple[str, ...], str], list[int]]:
+Groups = dict[tuple[tuple[str, ...], str], list[int]]
+
+
+def targets(session: Session, only: list[str] | None = None) -> Groups:
     """(playbooks, engine) -> ids of the active hosts of the applied inventory to check."""
-    row = latest_applied(session)
-    inv = drift_mod.inventory_from_applied(applied_dict(row)) if row is not None else None
+    return _targets(session, only)[0]
+
+
+def _targets(session: Session, only: list[str] | None) -> tuple[Groups, list[str]]:
+    """The groups to check, and every host of the applied inventory they were chosen from."""
+    row = applied.latest(session)
+    inv = drift_mod.inventory_from_applied({"document": row.document}) if row is not None else None
     if inv is None:
         raise InvalidInput(field="inventory", reason="nothing applied yet: no configuration to check against")
     names = [n for n in sorted(inv.hosts) if inv.hosts[n].state != "absent"]
@@ -52,7 +60,7 @@ def targets(session: Session, only: list[str] | None = None) -> dict[tuple[tuple
         names = [n for n in names if n in set(only)]
     hosts = session.exec(select(Host).where(col(Host.name).in_(names), Host.state == S.ACTIVE)).all()
     profiles = {p.id: p for p in session.exec(select(Profile)).all()}
-    groups: dict[tuple[tuple[str, ...], str], list[int]] = {}
+    groups: Groups = {}
     for host in sorted(hosts, key=lambda h: h.name):
         h = inv.hosts[host.name]
         inv_prof = inv.profiles.get(h.profile or "")
@@ -64,7 +72,7 @@ def targets(session: Session, only: list[str] | None = None) -> dict[tuple[tuple
         key = (tuple(ansible.validate_playbooks(list(playbooks or ["site"]))), ansible.validate_engine(engine))
         assert host.id is not None
         groups.setdefault(key, []).append(host.id)
-    return groups
+    return groups, names
 
 
 def submit(session: Session, *, hosts: list[str] | None = None, actor: str = "system",
@@ -132,7 +140,7 @@ def run_check(ctx: TaskContext) -> dict[str, Any]:
     """The task body: one check-mode run per (playbooks, engine) group, then the drift list."""
     results: dict[str, dict[str, Any]] = {}
     with ctx.session() as s:
-        groups = targets(s, list(ctx.params.get("hosts") or []) or None)
+        groups, names = _targets(s, list(ctx.params.get("hosts") or []) or None)
         ids = {h.name: h.id for h in s.exec(select(Host)).all()}
     total = sum(len(v) for v in groups.values())
     ctx.progress(1, step=f"checking {total} active host(s) in check mode")
@@ -152,5 +160,8 @@ def run_check(ctx: TaskContext) -> dict[str, Any]:
     for d in drift:
         name = d["object"].split("/", 1)[1]
         ctx.history(f"drift: {d['kind']}: {d['detail']}", event="drift", host_id=ids.get(name), actor=ACTOR)
-    summary = {"checked": sorted(results), "drift": drift, "hosts": results}
+    # Hosts of the inventory that are not active are not checked (nothing configured them yet, or
+    # they failed): named, so "0 checked" is never read as "no drift".
+    summary = {"checked": sorted(results), "not_active": [n for n in names if n not in results],
+               "drift": drift, "hosts": results}
     return summary

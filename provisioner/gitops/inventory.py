@@ -1,7 +1,8 @@
-"""The declarative inventory (``apiVersion: prov/v1``): parsing with file:line errors.
+"""The declarative inventory (``apiVersion: prov/v1``): its models and the merged Inventory.
 
-Files are read through :mod:`provisioner.gitops.yamlsafe` (size, alias, depth,
-tag and duplicate-key bounds), so a hostile file is refused at file:line.
+Files are read by :mod:`provisioner.gitops.inventory_load` through
+:mod:`provisioner.gitops.yamlsafe` (size, alias, depth, tag and duplicate-key bounds),
+so a hostile file is refused at file:line, and every problem is reported in one run.
 
 An inventory is one YAML file or a directory of them; documents are merged
 (lists concatenated) and checked as a whole: duplicate names or MACs across
@@ -16,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from provisioner.errors import InvalidInput
-from provisioner.gitops import yamlsafe
 from provisioner.validators import normalize_mac, validate_hostname
 
 API_VERSION = "prov/v1"
@@ -170,7 +170,7 @@ class InventoryDoc(_Strict):
 class Origin:
     """Where an object is declared; the line is looked up only when printed."""
 
-    def __init__(self, filename: str, lines: _Lines, loc: tuple[Any, ...]) -> None:
+    def __init__(self, filename: str, lines: Lines, loc: tuple[Any, ...]) -> None:
         self.filename, self._lines, self._loc = filename, lines, loc
 
     def __str__(self) -> str:
@@ -189,15 +189,11 @@ class Inventory:
 
 
 class InventoryError(InvalidInput):
+    """Every problem found in an inventory: ``errors`` lists them as ``file:line: reason`` lines and
+    ``problems`` as {file, line, field, reason}; the message is the first one."""
+
     code = "inventory_error"
     template = "{location}: {reason}"
-
-
-def _fmt_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
 
 
 def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
@@ -207,55 +203,7 @@ def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     return 1
 
 
-def _reason(err: Any) -> str:
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    if err.get("type") == "extra_forbidden":
-        return "unknown field"
-    if err.get("type") == "literal_error":
-        return msg.replace("Input should be", "must be")
-    return msg
-
-
-def _parse(text: str, filename: str) -> tuple[InventoryDoc, _Lines]:
-    try:
-        loaded = yamlsafe.parse(text)
-    except yamlsafe.YamlError as exc:
-        raise InventoryError(location=f"{filename}:{exc.line}", reason=exc.reason) from None
-    lines = _Lines(loaded.lines)
-    data = {} if loaded.data is None else loaded.data
-    if not isinstance(data, dict):
-        raise InventoryError(location=f"{filename}:{lines.line(())}", reason="an inventory file must be a mapping")
-    try:
-        return InventoryDoc.model_validate(data), lines
-    except ValidationError as exc:
-        errs = exc.errors()
-        first = errs[0]
-        loc = tuple(first["loc"])
-        raise InventoryError(
-            location=f"{filename}:{lines.line(loc)}",
-            reason=f"{_fmt_path(loc)}: {_reason(first)}",
-            errors=[f"{filename}:{lines.line(tuple(e['loc']))}: {_fmt_path(tuple(e['loc']))}: {_reason(e)}"
-                    for e in errs],
-        ) from None
-
-
-def parse_document(text: str, filename: str) -> InventoryDoc:
-    """One file -> document, or InventoryError at file:line (yamlsafe's bounds included)."""
-    return _parse(text, filename)[0]
-
-
-def _files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        if not files:
-            raise InventoryError(location=str(path), reason="no .yaml files in this directory")
-        return files
-    if not path.exists():
-        raise InventoryError(location=str(path), reason="no such file or directory")
-    return [path]
-
-
-class _Lines:
+class Lines:
     """Line numbers of one file by path (from the single bounded parse)."""
 
     def __init__(self, lines: dict[tuple[Any, ...], int]) -> None:
@@ -265,97 +213,26 @@ class _Lines:
         return _line_for(self._map, loc)
 
 
-def _display(f: Path) -> str:
-    """A file's name as the operator typed it: relative to the working directory when inside it."""
-    try:
-        return str(f.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(f)
-
-
 def load(path: str | Path) -> Inventory:
-    """Parse, merge and cross-check an inventory file or directory."""
-    root = Path(path)
-    inv = Inventory(base=root if root.is_dir() else root.parent)
-    macs: dict[str, str] = {}
-    bmcs: dict[tuple[str, int | None], str] = {}
-    docs: list[tuple[str, InventoryDoc, _Lines]] = []
-    for f in _files(root):
-        rel = _display(f)
-        try:
-            text = yamlsafe.read_text(f)
-        except yamlsafe.YamlError as exc:  # too big or not UTF-8: refused before parsing
-            raise InventoryError(location=f"{rel}:{exc.line}", reason=exc.reason) from None
-        except OSError as exc:
-            raise InventoryError(location=rel, reason=f"cannot read: {exc.strerror or exc}") from None
-        docs.append((rel, *_parse(text, rel)))
+    """Parse, merge and cross-check an inventory file or directory (inventory_load.py)."""
+    from provisioner.gitops.inventory_load import load_inventory
 
-    defaults = Defaults()
-    for _rel, doc, _lines in docs:
-        for k in doc.defaults.model_fields_set:
-            setattr(defaults, k, getattr(doc.defaults, k))
-
-    def where(rel: str, lines: _Lines, *loc: Any) -> str:
-        return f"{rel}:{lines.line(loc)}"
-
-    def origin(rel: str, lines: _Lines, *loc: Any) -> Origin:
-        return Origin(rel, lines, loc)
-
-    for rel, doc, lines in docs:
-        for i, p in enumerate(doc.profiles):
-            if p.name in inv.profiles:
-                raise InventoryError(location=where(rel, lines, "profiles", i, "name"),
-                                     reason=f"profiles[{i}].name: duplicate profile {p.name!r} "
-                                            f"(first at {inv.origin['profiles/' + p.name]})")
-            inv.profiles[p.name] = p
-            inv.origin[f"profiles/{p.name}"] = origin(rel, lines, "profiles", i)
-        for i, r in enumerate(doc.racks):
-            if r.name in inv.racks:
-                raise InventoryError(location=where(rel, lines, "racks", i, "name"),
-                                     reason=f"racks[{i}].name: duplicate rack {r.name!r} "
-                                            f"(first at {inv.origin['racks/' + r.name]})")
-            inv.racks[r.name] = r
-            inv.origin[f"racks/{r.name}"] = origin(rel, lines, "racks", i)
-
-    for rel, doc, lines in docs:
-        for i, h in enumerate(doc.hosts):
-            if h.name in inv.hosts:
-                raise InventoryError(location=where(rel, lines, "hosts", i, "name"),
-                                     reason=f"hosts[{i}].name: duplicate host {h.name!r} "
-                                            f"(first at {inv.origin['hosts/' + h.name]})")
-            h = _apply_defaults(h, defaults)
-            if h.rack and h.rack not in inv.racks:
-                raise InventoryError(location=where(rel, lines, "hosts", i, "rack"),
-                                     reason=f"hosts[{i}].rack: unknown rack {h.rack!r}")
-            if h.profile and h.profile not in inv.profiles and not _profile_external(h.profile):
-                raise InventoryError(location=where(rel, lines, "hosts", i, "profile"),
-                                     reason=f"hosts[{i}].profile: unknown profile {h.profile!r}")
-            for j, nic in enumerate(h.nics):
-                if nic.mac in macs:
-                    raise InventoryError(location=where(rel, lines, "hosts", i, "nics", j, "mac"),
-                                         reason=f"hosts[{i}].nics[{j}].mac: {nic.mac} already used by {macs[nic.mac]}")
-                macs[nic.mac] = h.name
-            if h.bmc and h.bmc.address:
-                key = (h.bmc.address, h.bmc.port)
-                if key in bmcs:
-                    raise InventoryError(location=where(rel, lines, "hosts", i, "bmc", "address"),
-                                         reason=f"hosts[{i}].bmc: {h.bmc.address}:{h.bmc.port or 'default'} "
-                                                f"already used by {bmcs[key]}")
-                bmcs[key] = h.name
-            if sum(1 for n in h.nics if n.boot) > 1:
-                raise InventoryError(location=where(rel, lines, "hosts", i, "nics"),
-                                     reason=f"hosts[{i}].nics: more than one boot NIC")
-            inv.hosts[h.name] = h
-            inv.origin[f"hosts/{h.name}"] = origin(rel, lines, "hosts", i)
-    return inv
+    return load_inventory(path)
 
 
-def _profile_external(name: str) -> bool:
+def parse_document(text: str, filename: str) -> InventoryDoc:
+    """One file -> document, or InventoryError at file:line (yamlsafe's bounds included)."""
+    from provisioner.gitops.inventory_load import parse_document as parse
+
+    return parse(text, filename)
+
+
+def profile_external(name: str) -> bool:
     """Profiles not declared in the inventory must already exist on the controller: plan checks."""
     return os.environ.get("PROV_INVENTORY_STRICT_PROFILES", "1") != "1"
 
 
-def _apply_defaults(h: HostIn, d: Defaults) -> HostIn:
+def apply_defaults(h: HostIn, d: Defaults) -> HostIn:
     updates: dict[str, Any] = {}
     given = h.model_fields_set
     if "profile" not in given and d.profile:

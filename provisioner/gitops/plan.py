@@ -53,6 +53,9 @@ class Plan:
     world_fingerprint: str
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    # Where the inventory was read: {"file": absolute path} or {"git": url, "ref", "path", "commit"},
+    # so ``prov apply --plan-file`` reads the same inventory again without -f.
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -68,6 +71,7 @@ class Plan:
         return {
             "format": PLAN_FORMAT,
             "source": self.source,
+            "origin": self.origin,
             "inventory_digest": self.inventory_digest,
             "world_fingerprint": self.world_fingerprint,
             "summary": self.summary(),
@@ -82,8 +86,9 @@ class Plan:
             a = dict(a)
             a["changes"] = [Change(**c) for c in a.get("changes", [])]
             actions.append(Action(**a))
+        origin = d.get("origin") or {}
         return cls(actions, d["inventory_digest"], d["world_fingerprint"], d.get("source", ""),
-                   list(d.get("warnings", [])))
+                   list(d.get("warnings", [])), {str(k): str(v) for k, v in origin.items()})
 
 
 # --------------------------------------------------------------------- desired bodies
@@ -165,8 +170,9 @@ def _host_changes(h: HostIn, actual: dict[str, Any], pw_changed: bool) -> list[C
                 continue  # default port: the driver decides
             if _norm(wv) != _norm(have_bmc.get(f)):
                 changes.append(Change(f"bmc.{f}", have_bmc.get(f), wv))
-        if pw_changed:
-            changes.append(Change("bmc.password", "(set)" if have_bmc.get("password_set") else None, "(new)"))
+        if pw_changed:  # named, never shown: the fingerprints differ, the values stay where they are
+            had = bool(have_bmc.get("password_set"))
+            changes.append(Change("bmc.password", "(set)" if had else None, "(changed)" if had else "(set)"))
     return changes
 
 
@@ -177,7 +183,8 @@ def make_plan(
     password_fingerprints: dict[str, str] | None = None,
     source: str = "",
 ) -> Plan:
-    """Compare; ``password_fingerprints`` maps host -> fingerprint of the resolved password."""
+    """Compare; ``password_fingerprints`` maps host -> fingerprint of the inventory's password, which
+    is compared with the controller's fingerprint of the stored one (``World.stored_password``)."""
     actions: list[Action] = []
     warnings: list[str] = []
     pw = password_fingerprints or {}
@@ -219,7 +226,7 @@ def make_plan(
             continue
         body = host_body(h)
         host_fp = applied_fp.get(f"host/{name}") or {}
-        pw_changed = name in pw and pw[name] != host_fp.get("password")
+        pw_changed = name in pw and pw[name] != world.stored_password(name)
         if have is None:
             actions.append(Action("create", "host", name, body=body))
             state = "enrolled"
@@ -291,7 +298,7 @@ _SYMBOL = {"create": "+", "update": "~", "delete": "-", "verify": ">", "install"
            "create-guest": "+", "delete-guest": "-"}
 
 
-def _short(v: Any) -> str:
+def short(v: Any) -> str:
     if v is None:
         return "(none)"
     if isinstance(v, list | dict):
@@ -313,7 +320,7 @@ def render_text(plan: Plan) -> str:
             head += "  [needs --allow-delete]"
         lines.append(head)
         for c in a.changes:
-            lines.append(f"    {c.field}: {_short(c.old)} -> {_short(c.new)}")
+            lines.append(f"    {c.field}: {short(c.old)} -> {short(c.new)}")
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     s = plan.summary()

@@ -20,6 +20,17 @@ class World:
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     guests: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # host -> name -> guest
     applied: dict[str, Any] | None = None  # last applied inventory record, if any
+    # host -> fingerprint of its stored BMC password, for hosts the applied record does not
+    # cover (GET /gitops/fingerprints; None: the host has no password)
+    stored_passwords: dict[str, str | None] = field(default_factory=dict)
+
+    def stored_password(self, host: str) -> str | None:
+        """The controller's fingerprint of ``host``'s stored BMC password (the record's is current:
+        the controller checks it against the stored ciphertext on every read)."""
+        entry = ((self.applied or {}).get("fingerprints") or {}).get(f"host/{host}") or {}
+        if "password" in entry:
+            return str(entry["password"])
+        return self.stored_passwords.get(host)
 
     def fingerprint(self, names: set[str] | None = None) -> str:
         """A digest of everything a plan depends on, to refuse a stale saved plan."""
@@ -54,6 +65,19 @@ def _list_all(client: ProvClient, path: str) -> list[dict[str, Any]]:
         offset += len(data)
         if not data or offset >= count:
             return out
+
+
+FINGERPRINT_PAGE = 100  # hosts per GET /gitops/fingerprints (its bound; keeps the URL short)
+
+
+def fetch_password_fingerprints(client: ProvClient, world: World, hosts: list[str]) -> None:
+    """Ask the controller for the stored-password fingerprints the applied record lacks."""
+    for i in range(0, len(hosts), FINGERPRINT_PAGE):
+        try:
+            page = client.get("/api/v1/gitops/fingerprints", params={"host": hosts[i:i + FINGERPRINT_PAGE]})
+        except NotFound:  # an older controller: the record is all there is
+            return
+        world.stored_passwords.update(page.get("fingerprints") or {})
 
 
 def fetch(client: ProvClient, *, with_guests_for: set[str] | None = None) -> World:

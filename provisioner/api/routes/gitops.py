@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
 
-from provisioner import secret_store
 from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
-from provisioner.conductor import drift_check, drift_config
+from provisioner.conductor import applied, drift_check, drift_config
 from provisioner.models import InventoryApply, utcnow
 from provisioner.schemas import TaskPublic
 
@@ -25,8 +21,9 @@ class AppliedIn(BaseModel):
     inventory_digest: str = Field(default="", max_length=64)
     document: dict[str, Any] = Field(default_factory=dict)
     objects: list[str] = Field(default_factory=list)
-    fingerprints: dict[str, dict[str, str]] = Field(default_factory=dict)
-    ok: bool = True
+    fingerprints: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per object: config digest and BMC password fingerprint (never the value)")
+    ok: bool = Field(default=True, description="false: some actions failed; the record holds what succeeded")
 
 
 class AppliedOut(AppliedIn):
@@ -36,32 +33,53 @@ class AppliedOut(AppliedIn):
     salt: str
 
 
-def _salt(settings: Any) -> str:
-    """Per-controller salt for password fingerprints, derived from the secret key (never stored)."""
-    key = secret_store.load_key(settings)
-    return hmac.new(key, b"prov-gitops-password-fingerprint", hashlib.sha256).hexdigest()[:32]
-
-
 @router.get("/gitops/applied", response_model=AppliedOut)
 def get_applied(session: SessionDep, settings: SettingsDep) -> AppliedOut:
-    row = session.exec(select(InventoryApply).order_by(col(InventoryApply.id).desc()).limit(1)).first()
+    """The last applied inventory; each password fingerprint is the stored password's now."""
+    row = applied.latest(session)
     if row is None:
-        return AppliedOut(salt=_salt(settings))
-    return AppliedOut(
-        id=row.id, source=row.source, commit=row.commit, inventory_digest=row.inventory_digest,
-        document=row.document, objects=row.objects, fingerprints=row.fingerprints, ok=row.ok,
-        actor=row.actor, created_at=row.created_at.isoformat(), salt=_salt(settings),
-    )
+        return AppliedOut(salt=applied.salt(settings))
+    return AppliedOut(**applied.record_dict(session, settings, row))
 
 
 @router.put("/gitops/applied", response_model=AppliedOut)
 def put_applied(body: AppliedIn, session: SessionDep, settings: SettingsDep, actor: ActorDep) -> AppliedOut:
-    row = InventoryApply(**body.model_dump(), actor=actor, created_at=utcnow())
+    """Record an apply; a password fingerprint that does not match the stored password is dropped."""
+    prev = applied.latest(session)
+    data = body.model_dump()
+    data["fingerprints"] = applied.stamp(session, settings, body.fingerprints, prev.fingerprints if prev else None)
+    row = InventoryApply(**data, actor=actor, created_at=utcnow())
     session.add(row)
     session.commit()
     session.refresh(row)
-    return AppliedOut(**body.model_dump(), id=row.id, actor=actor, created_at=row.created_at.isoformat(),
-                      salt=_salt(settings))
+    return AppliedOut(**applied.record_dict(session, settings, row))
+
+
+class FingerprintsOut(BaseModel):
+    salt: str
+    fingerprints: dict[str, str | None] = Field(
+        description="host -> fingerprint of its stored BMC password (null: no password or no such host)")
+
+
+@router.get("/gitops/fingerprints", response_model=FingerprintsOut)
+def get_fingerprints(session: SessionDep, settings: SettingsDep,
+                     host: Annotated[list[str], Query(max_length=100)] = []) -> FingerprintsOut:  # noqa: B006
+    """Fingerprints of stored BMC passwords (scrypt, this controller's salt): how ``prov plan`` tells
+    an unchanged password of a host no apply has recorded yet, without the value leaving either side."""
+    return FingerprintsOut(salt=applied.salt(settings), fingerprints=applied.fingerprints(session, settings, host))
+
+
+class FieldChange(BaseModel):
+    field: str
+    old: Any = Field(default=None, description="the value of the last applied inventory")
+    new: Any = Field(default=None, description="the value on the controller now")
+
+
+class DriftItem(BaseModel):
+    object: str
+    kind: str
+    detail: str = ""
+    changes: list[FieldChange] = Field(default_factory=list)
 
 
 class DriftOut(BaseModel):
@@ -69,7 +87,7 @@ class DriftOut(BaseModel):
     checked_at: str | None = Field(default=None, description="when the controller's periodic check last ran")
     interval: float = Field(description="seconds between periodic checks (0: the periodic check is off)")
     count: int = 0
-    drift: list[dict[str, str]] = Field(default_factory=list, description="object, kind, detail")
+    drift: list[DriftItem] = Field(default_factory=list)
 
 
 @router.get("/gitops/drift/last", response_model=DriftOut)

@@ -50,7 +50,7 @@ class _HostStates(Collector):
 class _Drift(Collector):
     """The controller's latest periodic drift check (conductor/drift_check.py), read at scrape time."""
 
-    KINDS = ("missing", "changed", "failed", "not-installed", "unconfigured", "guest-missing", "powered-off")
+    KINDS = ("deleted", "changed", "failed", "not-installed", "unconfigured", "guest-missing", "powered-off")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

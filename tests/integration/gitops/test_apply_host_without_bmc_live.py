@@ -39,7 +39,7 @@ def ctl(tmp_path: Path) -> Iterator[LiveController]:
 
 def prov(ctl: LiveController, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **ctl.env()}, timeout=120)
+                          env={**os.environ, **ctl.env()}, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def test_a_host_without_bmc_is_manual_verifies_and_the_plan_converges(ctl: LiveController, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def ctl(tmp_path: Path) -> Iterator[LiveController]:
 def prov(ctl: LiveController, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **ctl.env(), "GITOPS_PW": "gitops-secret-1"}
     return subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+                          env=env, cwd=cwd, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def write_inventory(d: Path, text: str = INVENTORY) -> Path:
@@ -117,7 +117,9 @@ def test_changes_plan_file_staleness_and_deletion(ctl: LiveController, tmp_path:
     with ctl.client() as c:
         assert c.get("/api/v1/hosts", params={"name": "web02"})["count"] >= 0
         c.get("/api/v1/hosts/web02")  # still there
-    r = prov(ctl, "apply", "-f", str(inv), "--allow-delete")
+    r = prov(ctl, "apply", "-f", str(inv), "--allow-delete")  # off a terminal, a deletion also needs --yes
+    assert r.returncode == 11 and "add --yes" in r.stderr, r.stderr
+    r = prov(ctl, "apply", "-f", str(inv), "--allow-delete", "--yes")
     assert r.returncode == 0, r.stderr
     r = prov(ctl, "plan", "-f", str(inv))
     assert r.returncode == 0, r.stdout
@@ -134,7 +136,8 @@ def test_drift_after_a_manual_change(ctl: LiveController, tmp_path: Path) -> Non
     r = prov(ctl, "drift", "-o", "json")
     assert r.returncode == 8  # drift found (not an error: 1)
     assert json.loads(r.stdout) == [{"object": "host/web02", "kind": "changed",
-                                     "detail": "changed since the last apply: roles"}]
+                                     "detail": 'roles: [] -> ["hand-edited"]',  # applied -> now
+                                     "changes": [{"field": "roles", "old": [], "new": ["hand-edited"]}]}]
 
 
 def test_bad_inventory_is_rejected_before_anything_changes(ctl: LiveController, tmp_path: Path) -> None:

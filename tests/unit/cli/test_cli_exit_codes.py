@@ -33,7 +33,7 @@ def test_readme_table_is_the_module_table() -> None:
 
 def test_codes_are_distinct() -> None:
     names = ["OK", "ERROR", "USAGE", "NOT_FOUND", "CONFLICT", "AUTH", "PEER", "UNREACHABLE", "DRIFT", "TIMEOUT",
-             "WARNED", "INTERRUPTED"]
+             "WARNED", "NOT_CONFIRMED", "INTERRUPTED"]
     codes = [getattr(exitcodes, n) for n in names]
     assert len(set(codes)) == len(codes) and set(codes) == set(exitcodes.MEANING)
     assert exitcodes.UNREACHABLE != exitcodes.PEER and exitcodes.DRIFT != exitcodes.ERROR

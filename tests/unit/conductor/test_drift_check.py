@@ -67,7 +67,8 @@ def test_check_once_stores_result_and_writes_history_once(tmp_path: Path) -> Non
     res = drift_check.check_once(settings, list_guests=_no_guests)
     assert res is not None
     kinds = {(d["object"], d["kind"]) for d in res.drift}
-    assert kinds == {("host/web01", "powered-off"), ("host/gone01", "missing"), ("host/gone01", "not-installed"),
+    # gone01 was deleted: one "deleted" row, no ghost "not-installed" row (issue 19, item 3)
+    assert kinds == {("host/web01", "powered-off"), ("host/gone01", "deleted"),
                      ("guest/kvm01/vm1", "guest-missing")}
     events = _drift_events(settings)
     assert sorted(h for h, _ in events) == ["kvm01", "web01"]  # gone01 has no row to write to
@@ -88,7 +89,7 @@ def test_check_once_stores_result_and_writes_history_once(tmp_path: Path) -> Non
     assert _drift_events(settings)[-1] == ("web01", "drift resolved: matches the last applied inventory again")
     with Session(get_engine(settings)) as s:
         last = drift_check.last_result(s)
-    assert last["checked_at"] is not None and last["count"] == 3  # gone01 (twice) and the guest
+    assert last["checked_at"] is not None and last["count"] == 2  # gone01 (once) and the guest
     get_engine(settings).dispose()
 
 
@@ -151,8 +152,8 @@ def test_api_last_and_metrics_gauge(tmp_path: Path) -> None:
         assert before["checked_at"] is None and before["applied_id"] is not None and before["interval"] == 0
         drift_check.check_once(settings, list_guests=_no_guests)
         last = c.get("/api/v1/gitops/drift/last").json()
-        assert last["count"] == 4 and {d["kind"] for d in last["drift"]} == {
-            "powered-off", "missing", "not-installed", "guest-missing"}
+        assert last["count"] == 3 and {d["kind"] for d in last["drift"]} == {
+            "powered-off", "deleted", "guest-missing"}
         text = c.get("/metrics").text
         assert 'prov_drift_objects{kind="powered-off"} 1.0' in text
         assert 'prov_drift_objects{kind="changed"} 0.0' in text
@@ -180,7 +181,7 @@ class _FakeClient:
 def _cli(monkeypatch: pytest.MonkeyPatch, last: dict[str, Any], *args: str) -> tuple[int, str, list[str]]:
     from typer.testing import CliRunner
 
-    from provisioner.cli import gitops as cli_gitops
+    from provisioner.cli import gitops_drift as cli_gitops
     from provisioner.cli.main import app
 
     fake = _FakeClient(last)
@@ -274,6 +275,6 @@ def test_world_from_db_matches_api_shape_no_false_changes(tmp_path: Path) -> Non
     res = drift_check.check_once(settings, list_guests=_no_guests)
     assert res is not None
     assert [(d["object"], d["kind"], d["detail"]) for d in res.drift if d["object"] == "host/db01"] == [
-        ("host/db01", "changed", "changed since the last apply: roles")]
-    assert ("db01", "drift detected: changed: changed since the last apply: roles") in _drift_events(settings)
+        ("host/db01", "changed", 'roles: ["db"] -> ["db", "by-hand"]')]  # applied -> now
+    assert ("db01", 'drift detected: changed: roles: ["db"] -> ["db", "by-hand"]') in _drift_events(settings)
     get_engine(settings).dispose()

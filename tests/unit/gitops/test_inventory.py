@@ -29,9 +29,10 @@ def test_example_inventory_loads_with_defaults_applied() -> None:
     inv = inv_mod.load(EXAMPLES)
     assert set(inv.hosts) == {"web01", "web02", "kvm01"}
     web01 = inv.hosts["web01"]
-    assert web01.profile == "debian12" and web01.state == "configured"
+    assert web01.profile == "debian12" and web01.state == "configured"  # its own; the default is available
+    assert inv.hosts["web02"].state == "available"
     assert web01.bmc is not None and web01.bmc.username == "admin" and web01.bmc.port == 623
-    assert web01.bmc.address == "10.0.0.21"
+    assert web01.bmc.address == "192.0.2.21"  # TEST-NET-1: the example reaches no real BMC
     assert inv.hosts["kvm01"].engine == "podman"
     assert str(inv.origin["hosts/web02"]).startswith(str(EXAMPLES.relative_to(Path.cwd())) if EXAMPLES.is_relative_to(
         Path.cwd()) else str(EXAMPLES))
