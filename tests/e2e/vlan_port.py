@@ -17,6 +17,14 @@ nothing else: an untagged frame never crosses.
 The kernel moves a received 802.1Q tag out of the frame into packet metadata
 (``skb_vlan_untag``); AF_PACKET reports it with ``PACKET_AUXDATA`` (``tp_vlan_tci``,
 ``TP_STATUS_VLAN_VALID``; packet(7)), so both an in-band tag and a stripped one are handled.
+
+Offloads: a virtio guest leaves TCP/UDP checksums to the host (virtio-net's NEEDS_CSUM) and sends
+segments of up to 64 KiB (TSO); both stay "to do" across the bridge and a veth, so a raw socket
+would read frames with no checksum (first e2e run: ICMP crossed, every TCP SYN-ACK was dropped by
+the test's stack). The bridge-side veth end therefore has checksum offload, TSO and GSO switched
+off (SIOCETHTOOL, as ``ethtool -K PORT tx off tso off gso off`` would: the machines have no ethtool),
+so the kernel segments and checksums before the frame reaches the relay; a frame still marked
+``TP_STATUS_CSUMNOTREADY`` has its IPv4 TCP/UDP checksum computed here.
 """
 
 from __future__ import annotations
@@ -37,13 +45,65 @@ IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 ETH_P_ALL, ETH_P_8021Q = 0x0003, 0x8100
 SOL_PACKET, PACKET_AUXDATA = 263, 8
 PACKET_OUTGOING = 4
-TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_CSUMNOTREADY, TP_STATUS_VLAN_VALID = 1 << 3, 1 << 4
+# <linux/sockios.h>, <linux/ethtool.h>: struct ethtool_value {u32 cmd; u32 data;}
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO = 0x17, 0x1F, 0x24
+ETHTOOL_GTXCSUM = 0x16
 _AUXDATA = struct.Struct("IIIHHHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_vlan_tci, tp_vlan_tpid
 _VID_MASK = 0x0FFF
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+def _ethtool(dev: str, cmd: int, value: int | None = None) -> int:
+    """One ethtool_value command on ``dev`` (set when ``value`` is given); returns the data word."""
+    import array
+
+    buf = array.array("B", struct.pack("II", cmd, value or 0))
+    ifreq = struct.pack("16sP", dev.encode(), buf.buffer_info()[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    return int(struct.unpack("II", buf.tobytes())[1])
+
+
+def offloads_off(dev: str) -> None:
+    for cmd in (ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO):
+        _ethtool(dev, cmd, 0)
+    if _ethtool(dev, ETHTOOL_GTXCSUM):
+        raise RuntimeError(f"{dev}: transmit checksum offload is still on")
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def fill_l4_checksum(frame: bytes) -> bytes:
+    """An untagged Ethernet frame with its IPv4 TCP/UDP checksum computed (RFC 793/768 pseudo-header)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return frame
+    ihl = (frame[14] & 0x0F) * 4
+    proto, total = frame[23], struct.unpack("!H", frame[16:18])[0]
+    at = {6: 16, 17: 6}.get(proto)  # where the checksum sits in the TCP / UDP header
+    start = 14 + ihl
+    end = 14 + total
+    if at is None or end > len(frame) or start + at + 2 > end:
+        return frame
+    seg = bytearray(frame[start:end])
+    seg[at:at + 2] = b"\0\0"
+    pseudo = frame[26:34] + struct.pack("!BBH", 0, proto, len(seg))
+    csum = ~_sum16(pseudo + bytes(seg)) & 0xFFFF
+    if proto == 17 and csum == 0:
+        csum = 0xFFFF  # UDP: 0 means "no checksum"
+    seg[at:at + 2] = struct.pack("!H", csum)
+    return frame[:start] + bytes(seg) + frame[end:]
 
 
 class VlanPort:
@@ -54,7 +114,7 @@ class VlanPort:
             raise ValueError(f"{name!r}: at most 13 characters")
         self.bridge, self.vid, self.name, self.address = bridge, vid, name, address
         self.port, self.peer = f"{name}a", f"{name}b"
-        self.frames = {"tagged_in": 0, "tagged_out": 0, "dropped": 0}
+        self.frames = {"tagged_in": 0, "tagged_out": 0, "dropped": 0, "checksummed": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tap = -1
@@ -63,6 +123,7 @@ class VlanPort:
     def start(self) -> None:
         _ip("link", "add", self.port, "type", "veth", "peer", "name", self.peer)
         _ip("link", "set", self.port, "master", self.bridge)
+        offloads_off(self.port)  # the bridge transmits into this end: whole, checksummed frames only
         for dev in (self.port, self.peer):
             _ip("link", "set", dev, "up")
         self._tap = os.open("/dev/net/tun", os.O_RDWR)
@@ -90,10 +151,11 @@ class VlanPort:
         data, ancillary, _, addr = raw.recvmsg(65535, socket.CMSG_SPACE(_AUXDATA.size))
         if addr[2] == PACKET_OUTGOING:  # our own frames, seen on their way out
             return
-        vid = None
+        vid, partial = None, False
         for level, kind, payload in ancillary:
             if level == SOL_PACKET and kind == PACKET_AUXDATA and len(payload) >= _AUXDATA.size:
                 status, *_, tci, _tpid = _AUXDATA.unpack(payload[:_AUXDATA.size])
+                partial = bool(status & TP_STATUS_CSUMNOTREADY)
                 if status & TP_STATUS_VLAN_VALID:
                     vid = tci & _VID_MASK
         if vid is None and len(data) >= 18 and struct.unpack("!H", data[12:14])[0] == ETH_P_8021Q:
@@ -103,6 +165,9 @@ class VlanPort:
             self.frames["dropped"] += 1  # untagged or another VLAN: not this access port's
             return
         self.frames["tagged_in"] += 1
+        if partial:
+            self.frames["checksummed"] += 1
+            data = fill_l4_checksum(data)
         os.write(self._tap, data)
 
     def _from_tap(self, raw: socket.socket) -> None:
@@ -116,10 +181,10 @@ class VlanPort:
         raw = self._raw
         assert raw is not None
         while not self._stop.is_set():
-            ready, _, _ = select.select([raw, self._tap], [], [], 0.5)
+            ready, _, _ = select.select([raw.fileno(), self._tap], [], [], 0.5)
             for r in ready:
                 with contextlib.suppress(OSError):
-                    if r is raw:
+                    if r == raw.fileno():
                         self._from_bridge(raw)
                     else:
                         self._from_tap(raw)
