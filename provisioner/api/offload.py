@@ -10,7 +10,7 @@ client's request waited seconds behind the listener thread, which queues the sam
 18). So ``limit_route_threads()`` (called once the app has started, on the loop that serves it:
 api/middleware.GcTuningMiddleware) cuts that limiter to ``ROUTE_THREADS``; a request beyond it
 waits on the event loop holding no thread. The API's throughput stays the same (the GIL allows
-one core of Python however many threads queue for it).
+one core of Python however many threads queue for it): /healthz p99 under bench/abuse 163 -> 40-55 ms.
 
 Network-I/O threads. A route that waits on the network (a dead BMC for its whole timeout, libvirt,
 SSH) would keep a route thread, and a handful of such requests would stop every sync route. Such
@@ -38,9 +38,11 @@ _LIMITER: RunVar[CapacityLimiter] = RunVar("prov_network_io_limiter")
 # Calls in flight at once; the power service caps BMC calls itself (settings.power_concurrency).
 NETWORK_IO_THREADS = 64
 # Route threads (anyio's default limiter): two per core keeps a thread ready while another waits
-# on SQLite, the disk or PostgreSQL, and leaves the event loop few rivals for the GIL. bench/abuse
-# (/healthz under 200 clients, p50/p99 ms): 40 threads 52-91/163-186, 8: 17/74, 4: 12-13/85-110,
-# 2: 8/77 but 18 % fewer API requests served. At most db.API_THREADS, which the pool is sized for.
+# on SQLite, the disk or PostgreSQL, and leaves the event loop few rivals for the GIL. bench/abuse,
+# /healthz under 200 clients, p50/p99 ms: 40 threads 52/163; with 4 (and logs/'s writer thread)
+# 6-8/40-55 and as many API requests served. Compared under a profiler (which slows all of them):
+# 40: 91/186, 8: 17/74, 4: 12/85, 2: 8/77 but 18 % fewer requests served. At most db.API_THREADS,
+# which the connection pool is sized for.
 ROUTE_THREADS = 4
 assert ROUTE_THREADS <= db.API_THREADS
 
