@@ -208,13 +208,15 @@ def apply_plan(
         raise Conflict(reason=f"the plan deletes {len(destructive)} object(s) ({names}); "
                               "re-run with --allow-delete to allow it")
     r = _Run(client, wait, wait_timeout, progress)
+    complete = False
     try:
         _execute(r, inv, plan, passwords, world, concurrency)
+        complete = True
     finally:
         # Also after a Ctrl-C or a lost controller: what did happen must be the baseline.
         try:
             r.result.recorded = record.store(client, inv, plan, r.result.outcomes, passwords, world, commit,
-                                             salt_of(world))
+                                             salt_of(world), complete=complete)
         except ProvError as exc:
             r.result.record_error = exc.message
     return r.result

@@ -56,6 +56,13 @@ class _File:
     doc: InventoryDoc | None = None
     lines: Lines = field(default_factory=lambda: Lines({}))
     invalid: dict[str, set[str]] = field(default_factory=dict)  # section -> names of entries that failed
+    # section -> the file's index of each salvaged entry (entries that failed are left out)
+    index: dict[str, list[int]] = field(default_factory=dict)
+
+    def at(self, section: str, i: int) -> int:
+        """The position in the file of the i-th valid entry of ``section``."""
+        positions = self.index.get(section)
+        return positions[i] if positions is not None else i
 
 
 def fmt_path(loc: tuple[Any, ...]) -> str:
@@ -74,16 +81,19 @@ def _reason(err: Any) -> str:
     return msg
 
 
-def _salvage(data: dict[str, Any]) -> tuple[InventoryDoc, dict[str, set[str]]]:
-    """The entries of a file that are valid on their own, and the names of those that are not."""
+def _salvage(data: dict[str, Any]) -> tuple[InventoryDoc, dict[str, set[str]], dict[str, list[int]]]:
+    """The entries of a file that are valid on their own (and where they are), and the names of
+    those that are not."""
     valid: dict[str, list[Any]] = {}
     invalid: dict[str, set[str]] = {}
+    index: dict[str, list[int]] = {}
     for section, model in _SECTIONS.items():
         items = data.get(section)
-        valid[section] = []
-        for item in items if isinstance(items, list) else []:
+        valid[section], index[section] = [], []
+        for pos, item in enumerate(items if isinstance(items, list) else []):
             try:
                 valid[section].append(model.model_validate(item))
+                index[section].append(pos)
             except ValidationError:
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     invalid.setdefault(section, set()).add(item["name"])
@@ -93,7 +103,7 @@ def _salvage(data: dict[str, Any]) -> tuple[InventoryDoc, dict[str, set[str]]]:
         defaults = Defaults()
     doc = InventoryDoc.model_construct(apiVersion="prov/v1", defaults=defaults, profiles=valid["profiles"],
                                        racks=valid["racks"], hosts=valid["hosts"])
-    return doc, invalid
+    return doc, invalid, index
 
 
 def _parse(f: _File, text: str, problems: list[Problem]) -> None:
@@ -114,7 +124,7 @@ def _parse(f: _File, text: str, problems: list[Problem]) -> None:
         for e in exc.errors():
             loc = tuple(e["loc"])
             problems.append(Problem(f.rel, f.lines.line(loc), fmt_path(loc), _reason(e)))
-    f.doc, f.invalid = _salvage(data)
+    f.doc, f.invalid, f.index = _salvage(data)
 
 
 def parse_document(text: str, filename: str) -> InventoryDoc:
@@ -241,16 +251,16 @@ def load_inventory(path: str | Path) -> Inventory:
     for f in docs:
         assert f.doc is not None
         for i, prof in enumerate(f.doc.profiles):
-            if check.named(f, "profiles", i, prof.name, "profile"):
+            if check.named(f, "profiles", f.at("profiles", i), prof.name, "profile"):
                 inv.profiles[prof.name] = prof
         for i, r in enumerate(f.doc.racks):
-            if check.named(f, "racks", i, r.name, "rack"):
+            if check.named(f, "racks", f.at("racks", i), r.name, "rack"):
                 inv.racks[r.name] = r
     for f in docs:
         assert f.doc is not None
         for i, h in enumerate(f.doc.hosts):
-            if check.named(f, "hosts", i, h.name, "host"):
-                check.host(f, i, apply_defaults(h, defaults))
+            if check.named(f, "hosts", f.at("hosts", i), h.name, "host"):
+                check.host(f, f.at("hosts", i), apply_defaults(h, defaults))
     if problems:
         order = {f.rel: f.order for f in files}
         problems.sort(key=lambda p: (order.get(p.file, 0), p.line))

@@ -44,16 +44,19 @@ def _by_name(entries: Iterable[Any]) -> dict[str, dict[str, Any]]:
 
 
 def body(inv: Inventory, plan: Plan, outcomes: list[Outcome], passwords: dict[str, str], world: World,
-         commit: str | None, salt: str) -> dict[str, Any]:
-    """The PUT body for this apply's outcomes."""
+         commit: str | None, salt: str, *, complete: bool = True) -> dict[str, Any]:
+    """The PUT body for this apply's outcomes (``complete=False``: it ended early; actions without
+    an outcome did not happen, like failed ones)."""
     prev = world.applied or {}
     prev_doc = prev.get("document") or {}
     prev_fps: dict[str, Any] = prev.get("fingerprints") or {}
     prev_objects = set(prev.get("objects") or [])
-    bad_write = {o.action.key for o in outcomes if not o.ok and o.action.op in _WRITES}
-    bad_flow = {o.action.key for o in outcomes if not o.ok and o.action.op in _WORKFLOWS}
-    bad_delete = {o.action.key for o in outcomes if not o.ok and o.action.op == "delete"}
-    bad_guest = {o.action.key for o in outcomes if not o.ok and o.action.kind == "guest"}
+    done = {id(o.action) for o in outcomes if o.ok}
+    missed = [a for a in plan.actions if id(a) not in done]  # failed, skipped, or never reached
+    bad_write = {a.key for a in missed if a.op in _WRITES}
+    bad_flow = {a.key for a in missed if a.op in _WORKFLOWS}
+    bad_delete = {a.key for a in missed if a.op == "delete"}
+    bad_guest = {a.key for a in missed if a.kind == "guest"}
     deleted = {a.key for a in plan.actions if a.op == "delete"} - bad_delete
 
     def exists(kind: str, name: str) -> bool:
@@ -110,7 +113,7 @@ def body(inv: Inventory, plan: Plan, outcomes: list[Outcome], passwords: dict[st
         if old:
             fps.setdefault(key, old)
     return {"source": plan.source, "commit": commit, "inventory_digest": plan.inventory_digest,
-            "document": document, "objects": objects, "fingerprints": fps, "ok": all(o.ok for o in outcomes)}
+            "document": document, "objects": objects, "fingerprints": fps, "ok": complete and not missed}
 
 
 def _created(plan: Plan) -> set[str]:
@@ -142,9 +145,9 @@ def _same(new: dict[str, Any], prev: dict[str, Any]) -> bool:
 
 
 def store(client: ProvClient, inv: Inventory, plan: Plan, outcomes: list[Outcome], passwords: dict[str, str],
-          world: World, commit: str | None, salt: str) -> bool:
+          world: World, commit: str | None, salt: str, *, complete: bool = True) -> bool:
     """Record this apply unless the controller's record already says exactly this; True when it is right."""
-    new = body(inv, plan, outcomes, passwords, world, commit, salt)
+    new = body(inv, plan, outcomes, passwords, world, commit, salt, complete=complete)
     if _same(new, world.applied or {}):
         return True
     client.put("/api/v1/gitops/applied", json=new)
