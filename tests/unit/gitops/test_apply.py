@@ -153,7 +153,8 @@ def test_a_no_op_apply_records_once_then_not_again(inv: inv_mod.Inventory) -> No
     for name, h in inv.hosts.items():
         body = host_body(h)
         bmc = {**body["bmc"], "password_set": True} if "bmc" in body else {"kind": "manual"}
-        world.hosts[name] = {**body, "state": "available", "bmc": bmc, "nics": [{**n, "name": ""} for n in body["nics"]]}
+        nics = [{**n, "name": ""} for n in body["nics"]]
+        world.hosts[name] = {**body, "state": "available", "bmc": bmc, "nics": nics}
     result, plan = run(inv, ctl, world)
     assert plan.actions == [] and result.outcomes == [] and result.recorded
     assert len(ctl.recorded) == 1  # nothing new to say: no second row
