@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from provisioner.errors import InvalidInput
+from provisioner.netspec import IpSettings, NetworkIn, problems, validation_error
 from provisioner.validators import normalize_mac, validate_hostname
 
 API_VERSION = "prov/v1"
@@ -86,7 +87,10 @@ class BmcSpecIn(_Strict):
         return v
 
 
-class NicIn(_Strict):
+class NicIn(IpSettings):
+    """A NIC as the host API takes it; address & co. are the installed OS's (provisioner/netspec.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
     mac: str
     boot: bool = False
     name: str = ""
@@ -121,11 +125,19 @@ class HostIn(_Strict):
     playbooks: list[str] | None = None
     engine: Literal["docker", "podman", "none"] | None = None
     guests: list[GuestIn] = Field(default_factory=list)
+    network: NetworkIn = Field(default_factory=NetworkIn)  # bonds and VLANs of the installed OS
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_hostname(v)
+
+    @model_validator(mode="after")
+    def _network(self) -> HostIn:
+        found = problems(self.nics, self.network)  # the API's rules, located at file:line
+        if found:
+            raise validation_error("HostIn", found)
+        return self
 
 
 class RackIn(_Strict):

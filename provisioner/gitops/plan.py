@@ -107,7 +107,8 @@ def host_body(h: HostIn) -> dict[str, Any]:
         "u_position": h.u_position,
         "roles": list(h.roles),
         "profile": h.profile,
-        "nics": [{"mac": n.mac, "boot": n.boot, "name": n.name, "ip": n.ip} for n in h.nics],
+        "nics": [{"mac": n.mac, "boot": n.boot, "name": n.name, "ip": n.ip, **_nic_network(n)} for n in h.nics],
+        "network": h.network.model_dump(),
     }
     if h.bmc is not None:
         body["bmc"] = {
@@ -118,6 +119,13 @@ def host_body(h: HostIn) -> dict[str, Any]:
             "options": h.bmc.options,
         }
     return body
+
+
+_NIC_NETWORK = ("address", "gateway", "nameservers", "search", "mtu")
+
+
+def _nic_network(n: Any) -> dict[str, Any]:
+    return {k: getattr(n, k) for k in _NIC_NETWORK}
 
 
 def config_fingerprint(h: HostIn, profiles: dict[str, ProfileIn]) -> str:
@@ -158,10 +166,15 @@ def _norm(v: Any) -> Any:
 def _host_changes(h: HostIn, actual: dict[str, Any], pw_changed: bool) -> list[Change]:
     want = host_body(h)
     changes = _diff(want, actual, ["rack", "u_position", "roles", "profile"])
-    want_nics = [{k: n[k] for k in ("mac", "boot")} | {"ip": n["ip"]} for n in want["nics"]]
-    have_nics = [{"mac": n.get("mac"), "boot": bool(n.get("boot")), "ip": n.get("ip")} for n in actual.get("nics", [])]
+    want_nics = [{k: n[k] for k in ("mac", "boot", "ip", *_NIC_NETWORK)} for n in want["nics"]]
+    have_nics = [{"mac": n.get("mac"), "boot": bool(n.get("boot")), "ip": n.get("ip"),
+                  **{k: n.get(k) or ([] if k in ("nameservers", "search") else None) for k in _NIC_NETWORK}}
+                 for n in actual.get("nics", [])]
     if _norm(want_nics) != _norm(have_nics):
         changes.append(Change("nics", have_nics, want_nics))
+    have_net = actual.get("network") or {"bonds": [], "vlans": []}
+    if json.dumps(want["network"], sort_keys=True) != json.dumps(have_net, sort_keys=True):
+        changes.append(Change("network", have_net, want["network"]))
     if "bmc" in want:
         have_bmc = actual.get("bmc") or {}
         for f in ("kind", "address", "port", "username", "options"):

@@ -290,3 +290,55 @@ def test_boot_context_renders_the_stored_network(db, settings) -> None:  # type:
     # the same host deploying an image: NoCloud has no such limit
     update = HostUpdate.model_validate({"network": {"vlans": host.network_vlans}})
     assert update.network is not None and len(update.network.vlans) == 2
+
+
+# --------------------------------------------------------------------------- GitOps inventories
+INVENTORY = """apiVersion: prov/v1
+hosts:
+  - name: web01
+    nics:
+      - mac: "52:54:00:12:34:56"
+        name: eth0
+        boot: true
+        address: 10.10.0.21/24
+        gateway: 10.10.0.1
+    network:
+      vlans:
+        - {id: 100, link: eth0, address: 10.30.0.21/24}
+"""
+
+
+def test_inventory_carries_the_network_and_plans_its_changes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from provisioner.gitops import inventory as inv_mod
+    from provisioner.gitops.plan import host_body, make_plan
+    from provisioner.gitops.world import World
+
+    f = tmp_path / "hosts.yaml"
+    f.write_text(INVENTORY)
+    inv = inv_mod.load(f)
+    body = host_body(inv.hosts["web01"])
+    assert body["nics"][0]["address"] == "10.10.0.21/24" and body["network"]["vlans"][0]["id"] == 100
+    # the body is what the API takes: the same model, the same rules
+    HostCreate.model_validate(body)
+    # the controller has the host without its network: the plan changes nics and network
+    have = {**body, "id": 1, "state": "available", "power_state": "off", "bmc": {"kind": "manual"},
+            "nics": [{"mac": "52:54:00:12:34:56", "name": "eth0", "boot": True, "ip": None}],
+            "network": {"bonds": [], "vlans": []}}
+    plan = make_plan(inv, World(hosts={"web01": have}), password_fingerprints={})
+    fields = {c.field for a in plan.actions if a.name == "web01" for c in a.changes}
+    assert {"nics", "network"} <= fields
+    # ... and nothing once it matches
+    plan = make_plan(inv, World(hosts={"web01": {**have, "nics": body["nics"], "network": body["network"]}}),
+                     password_fingerprints={})
+    assert not [c for a in plan.actions if a.name == "web01" for c in a.changes]
+
+
+def test_inventory_network_errors_are_at_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from provisioner.gitops import inventory as inv_mod
+
+    f = tmp_path / "hosts.yaml"
+    f.write_text(INVENTORY.replace("gateway: 10.10.0.1", "gateway: 10.99.0.1").replace("id: 100", "id: 5000"))
+    with pytest.raises(inv_mod.InventoryError) as exc:
+        inv_mod.load(f)
+    text = str(exc.value)
+    assert "hosts.yaml:9" in text and "gateway" in text and "outside 10.10.0.0/24" in text, text
