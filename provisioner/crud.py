@@ -128,7 +128,7 @@ def list_racks(session: Session, *, limit: int = 100, offset: int = 0,
 
 def rack_public(rack: Rack, host_count: int) -> RackPublic:
     return RackPublic(id=rack.id or 0, name=rack.name, site=rack.site, size_u=rack.size_u,
-                      host_count=host_count, created_at=rack.created_at)
+                      network=rack.network, host_count=host_count, created_at=rack.created_at)
 
 
 def rack_host_count(session: Session, *, rack_id: int) -> int:
@@ -138,7 +138,7 @@ def rack_host_count(session: Session, *, rack_id: int) -> int:
 def create_rack(session: Session, *, data: RackCreate) -> Rack:
     if session.exec(select(Rack.id).where(Rack.name == data.name)).first() is not None:
         raise Conflict(reason=f"rack {data.name!r} already exists", field="name")
-    rack = Rack(name=data.name, site=data.site, size_u=data.size_u)
+    rack = Rack(name=data.name, site=data.site, size_u=data.size_u, network=data.network)
     session.add(rack)
     _commit(session)
     session.refresh(rack)

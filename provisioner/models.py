@@ -207,3 +207,30 @@ class AuditLog(SQLModel, table=True):
     object_name: str = Field(default="", max_length=255)
     summary: str = Field(default="", sa_column=Column(Text, nullable=False))
     request: str = Field(default="", max_length=255)  # "PATCH /api/v1/hosts/{host}"
+
+
+# --------------------------------------------------------------------------- cluster
+class ClusterMember(SQLModel, table=True):
+    """One ``prov serve`` process and the roles it runs (provisioner/cluster.py, issue 14).
+
+    Written only by the process itself (register, heartbeat, clean stop) and by a conductor
+    that claims it dead (``cluster.claim_dead``: one compare-and-set UPDATE), never by the API.
+    """
+
+    __tablename__ = "cluster_member"
+    __table_args__ = (
+        # claim_dead's WHERE (state = 'up' AND heartbeat_at < cutoff) and live_members' filter
+        Index("ix_cluster_member_state_heartbeat", "state", "heartbeat_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=128)  # hostname:pid:random, the executor id too
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # api conductor boot
+    hostname: str = Field(default="", max_length=255)
+    pid: int = Field(default=0)
+    version: str = Field(default="", max_length=64)
+    networks: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # boot: CIDRs
+    api_url: str | None = Field(default=None, max_length=2048)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+    state: str = Field(default="up", max_length=16)  # up | stopped | dead
+    taken_over_by: str | None = Field(default=None, max_length=128)  # the member that claimed it dead

@@ -27,11 +27,12 @@ before the rule must not fail a read).
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import sqlmodel
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from sqlalchemy import JSON, Text
 from sqlmodel import AutoString, SQLModel
 
@@ -45,6 +46,7 @@ from provisioner.validators import (
     NicName,
     Port,
     Slug,
+    check_line,
     checksum,
     file_names,
     one_line,
@@ -94,10 +96,37 @@ class Page(BaseModel, Generic[T]):
 
 
 # --------------------------------------------------------------------------- racks
+def validate_subnet(value: Any) -> str:
+    """A network in CIDR form, ``10.99.0.0/24`` (IPv4 or IPv6) -> canonical text.
+
+    Host bits set (``10.99.0.5/24``) are refused rather than masked: a typo in a boot agent's
+    network would otherwise silently move a rack to another agent (issue 14)."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    v = check_line(value).strip()
+    if "/" not in v:
+        raise ValueError(f"not a network: {v!r} (a CIDR with its prefix length, e.g. 10.99.0.0/24)")
+    try:
+        return str(ipaddress.ip_network(v, strict=True))
+    except ValueError:
+        pass
+    try:
+        net = ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError(f"not a network: {v!r} (a CIDR, e.g. 10.99.0.0/24)") from None
+    raise ValueError(f"{v!r} has host bits set; the network is {net}")
+
+
+# A boot agent's network, and the network a rack's hosts boot from (``prov serve --role boot --network``).
+Subnet = Annotated[str, BeforeValidator(validate_subnet)]
+
+
 class RackBase(SQLModel):
     name: Slug = sqlmodel.Field(index=True, unique=True, sa_type=AutoString(63))
     site: str = sqlmodel.Field(default="", max_length=128)
     size_u: int = sqlmodel.Field(default=42, ge=1, le=100)
+    # The provisioning network its hosts boot from: the boot agent serving it answers them (issue 14).
+    network: Subnet | None = sqlmodel.Field(default=None, sa_type=AutoString(64))
 
 
 class RackCreate(RackBase):
@@ -108,6 +137,7 @@ class RackCreate(RackBase):
 class RackUpdate(_In):
     site: str | None = Field(default=None, max_length=128)
     size_u: int | None = Field(default=None, ge=1, le=100)
+    network: Subnet | None = None
     _lines = field_validator("site")(one_line)
 
 
