@@ -87,7 +87,8 @@ def scan_commands(package: Path = PACKAGE) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
 
     def add(name: str | None, path: Path, node: ast.AST) -> None:
-        if name and "/" not in name and " " not in name:
+        # "module:attribute" is an import string (uvicorn.run("provisioner.server:worker_app")), not a program.
+        if name and "/" not in name and " " not in name and ":" not in name:
             found.setdefault(name, set()).add(f"{path.relative_to(package.parent)}:{getattr(node, 'lineno', 0)}")
 
     for path in sorted(package.rglob("*.py")):
