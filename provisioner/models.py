@@ -234,3 +234,35 @@ class ClusterMember(SQLModel, table=True):
     heartbeat_at: datetime = Field(default_factory=utcnow)
     state: str = Field(default="up", max_length=16)  # up | stopped | dead
     taken_over_by: str | None = Field(default=None, max_length=128)  # the member that claimed it dead
+
+
+# --------------------------------------------------------------------------- event stream
+class EventStreamRow(SQLModel, table=True):
+    """One event of ``GET /api/v1/events/stream`` (provisioner/events_stream.py, issue 16).
+
+    An outbox: provisioner/event_outbox.py appends it in the transaction of the change it
+    describes, so its id (the SSE ``id:``) exists exactly when the change was committed, and ids
+    are in commit order (the insert happens at commit, under one lock on PostgreSQL). Names, not
+    foreign keys: a deleted host's events stay readable. Pruned oldest first after the retention.
+    """
+
+    __tablename__ = "event_stream"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    kind: str = Field(max_length=32)  # events_stream.KINDS
+    host_name: str | None = Field(default=None, max_length=63)
+    rack_name: str | None = Field(default=None, max_length=63)
+    task_id: int | None = None
+    state: str | None = Field(default=None, max_length=32)
+    message: str = Field(default="", sa_column=Column(Text, nullable=False))
+    progress: int | None = None
+
+
+class EventStreamMark(SQLModel, table=True):
+    """One row (id 1): the newest event id pruned, so a resume from before it is told what it lost."""
+
+    __tablename__ = "event_stream_mark"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pruned_through: int = Field(default=0)
