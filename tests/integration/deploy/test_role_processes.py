@@ -17,11 +17,20 @@ with its network, the api worker processes); GET /api/v1/cluster says the same; 
 through one api is read through the other; the boot agent answers TFTP on its port; SIGTERM (what
 ``compose stop`` and systemd send) ends every process with 0 within the unit's TimeoutStopSec and
 leaves every member ``stopped`` in cluster_member.
+
+Opt-in slow tier (PROV_SLOW_TESTS=1): the compose services as containers of the image
+deploy/Dockerfile builds (test_container_image.py's fixtures: a local debootstrap base, podman),
+each with its service's command, environment (an --env-file, mode 0600) and confinement
+(read-only root, tmpfs, no-new-privileges, every capability dropped, the shared data volume);
+no compose client runs them (none is installed, and no registry serves postgres:15 here), and
+the containers share the host's network (``--network host``, as that test explains), so the
+database is this test's and ports are free ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -37,6 +46,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.integration.deploy.test_container_image import Podman, image, podman  # noqa: F401 (fixtures)
 from tests.support import deploy_roles as dr
 from tests.support import pg
 from tests.support.helpers import free_port
@@ -274,3 +284,77 @@ def test_the_systemd_role_units_run_on_postgresql(pg_server: pg.PgServer, tmp_pa
     states = _member_states(pg_server, dbname)
     assert states and {s for _, s in states} == {"stopped"}, states
     pg_server.drop_database(dbname)
+
+
+def _container_flags(raw: dict[str, Any], podman_: Podman) -> list[str]:
+    """podman run flags for a compose service's confinement; what only compose's own network
+    means (ports, sysctls, networks, depends_on, restart) is --network host here."""
+    flags = [f for f in podman_.run_flags(healthcheck=not raw.get("healthcheck", {}).get("disable", False))]
+    if raw.get("read_only"):
+        flags.append("--read-only")
+    for mount in raw.get("tmpfs", []):
+        flags += ["--tmpfs", mount]
+    for opt in raw.get("security_opt", []):
+        flags += ["--security-opt", opt]
+    for cap in raw.get("cap_drop", []):
+        flags += ["--cap-drop", cap]
+    for vol in raw.get("volumes", []):
+        flags += ["-v", vol]  # named volumes: podman creates them in the test's own storage
+    # init: true needs catatonit for podman (not installed here); docker brings its own init.
+    return flags
+
+
+@pytest.mark.skipif(os.environ.get("PROV_SLOW_TESTS") != "1",
+                    reason="slow (builds the image from a debootstrap base, ~3-5 min): PROV_SLOW_TESTS=1")
+@pytest.mark.timeout(2400)  # the image build, as test_container_image.py allows
+def test_the_compose_cluster_runs_in_the_image(pg_server: pg.PgServer, podman: Podman, image: str,  # noqa: F811
+                                               tmp_path: Path) -> None:
+    dbname = pg_server.create_database()
+    variables = {"PROV_DB_PASSWORD": "compose-test-pw", "PROV_SECRET_KEY": Fernet.generate_key().decode()}
+    services = dr.compose_services(variables)
+    api_urls, tftp_port, names = [], free_port(), []
+    members: list[Member] = []
+    try:
+        for name in dr.PROV_SERVICES:
+            svc = services[name]
+            env = dict(svc.environment)
+            env["PROV_DATABASE_URL"] = env["PROV_DATABASE_URL"].replace(
+                "@db:5432/prov", f"@127.0.0.1:{pg_server.port}/{dbname}")
+            env["PROV_PORT"] = str(free_port())
+            env["PROV_TFTP_PORT"] = str(tftp_port if "boot" in svc.command else free_port())
+            if "boot" in svc.command:
+                env["PROV_TFTP_HOST"] = "127.0.0.1"
+            if "api" in svc.command:
+                api_urls.append(f"http://127.0.0.1:{env['PROV_PORT']}")
+            env_file = tmp_path / f"{name}.env"
+            env_file.touch(mode=0o600)
+            env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            cname = f"prov-cluster-{name}"
+            podman("run", "-d", "--name", cname, "--env-file", str(env_file), *_container_flags(svc.raw, podman),
+                   image, *svc.command)
+            names.append(cname)
+            # The logs, for _check_cluster's token and failure messages (read after each poll).
+            members.append(_ContainerMember(name, podman, cname, tmp_path / f"{name}.log"))
+        _check_cluster(members, api_urls, tftp_port, {"api": 4, "conductor": 2, "boot": 1})
+        for cname in names:
+            podman("stop", "--time", "30", cname)
+        codes = {c: json.loads(podman("inspect", c).stdout)[0]["State"]["ExitCode"] for c in names}
+        assert codes == {c: 0 for c in names}, codes
+        states = _member_states(pg_server, dbname)
+        assert states and {s for _, s in states} == {"stopped"}, states
+    finally:
+        for cname in names:
+            podman("rm", "--force", "--time", "5", cname, check=False)
+    pg_server.drop_database(dbname)
+
+
+class _ContainerMember(Member):
+    """A container seen as a Member: its log is ``podman logs``; it is never a child of the test."""
+
+    def __init__(self, name: str, podman_: Podman, container: str, log_path: Path) -> None:
+        super().__init__(name, [], {}, log_path)
+        self._podman, self._container = podman_, container
+
+    def log(self) -> str:
+        out = self._podman("logs", self._container, check=False)
+        return out.stdout + out.stderr
