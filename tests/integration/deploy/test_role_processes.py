@@ -86,6 +86,7 @@ class Member:
     log_path: Path
     stop_timeout: float = 30.0
     proc: subprocess.Popen[bytes] | None = None
+    signalled: bool = False
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -93,6 +94,11 @@ class Member:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=self.env.get("PROV_DATA_DIR"),
                                      start_new_session=True)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.signalled = True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -102,7 +108,8 @@ class Member:
         whole group if it is not gone within the stop timeout. Returns the exit code of a clean stop."""
         code = None
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self.signalled:  # one SIGTERM, as systemd and compose send: a second one may
+                self.terminate()    # land after the handler is gone and kill a clean shutdown
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self.proc.wait(self.stop_timeout)
         elif self.proc is not None:
@@ -181,8 +188,7 @@ def _running(members: list[Member]) -> Iterator[dict[str, int | None]]:
     finally:
         # Every member at once, as compose stop / systemctl stop prov.target do.
         for m in members:
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.send_signal(signal.SIGTERM)
+            m.terminate()
         for m in members:
             codes[m.name] = m.stop()
 
