@@ -301,3 +301,55 @@ def test_readme_scaling_out_commands_are_shellcheck_clean(tmp_path: Path) -> Non
     out = subprocess.run(["shellcheck", "--format=gcc", "-s", "bash", "-e", "SC1091", str(script)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_readme_compose_secrets_command_makes_what_compose_reads(tmp_path: Path) -> None:
+    """The README's first compose command, run as written in a copy of deploy/: deploy/.env is
+    0600, its key is a Fernet key, and the compose client takes both secrets from it."""
+    cmd = _compose_client()
+    if cmd is None:
+        pytest.skip("no compose client (docker-compose or the docker compose plugin) installed")
+    from cryptography.fernet import Fernet
+
+    first = next(b for b in _sh_blocks(_section("Scaling out")) if "deploy/.env" in b).splitlines()[0]
+    assert first.startswith("(umask 077") and first.endswith(">deploy/.env)")
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(dr.COMPOSE_CLUSTER, tmp_path / "deploy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROV_")}
+    env["DOCKER_HOST"] = f"unix://{tmp_path}/none.sock"
+    made = subprocess.run(["bash", "-euc", first], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0 and not made.stdout, made.stderr
+    dotenv = dr.read_environment_file(tmp_path / "deploy" / ".env")
+    assert (tmp_path / "deploy" / ".env").stat().st_mode & 0o777 == 0o600
+    assert set(dotenv) == {"PROV_DB_PASSWORD", "PROV_SECRET_KEY"} and re.fullmatch(r"[0-9a-f]{32}",
+                                                                                    dotenv["PROV_DB_PASSWORD"])
+    Fernet(dotenv["PROV_SECRET_KEY"].encode())  # raises on anything but a Fernet key
+    out = subprocess.run([*cmd, "-f", "deploy/compose.cluster.yaml", "config"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    api = yaml.safe_load(out.stdout)["services"]["api1"]["environment"]
+    assert api["PROV_SECRET_KEY"] == dotenv["PROV_SECRET_KEY"]
+    assert f":{dotenv['PROV_DB_PASSWORD']}@db:5432/" in api["PROV_DATABASE_URL"]
+
+
+def test_readme_env_file_command_makes_a_0640_file_with_the_cluster_settings(tmp_path: Path) -> None:
+    """The README's /etc/prov/prov.env line, run with /etc/prov/ moved into tmp_path (and the
+    group change left out: no prov group on a build machine): mode 0640, the example's settings,
+    then the database URL with the password of $pw and a Fernet key, none of it on stdout."""
+    from cryptography.fernet import Fernet
+
+    code = "\n".join(_sh_blocks(_section("Scaling out")))
+    (line,) = [ln for ln in code.splitlines() if ">/etc/prov/prov.env" in ln]
+    assert line.endswith(" && chgrp prov /etc/prov/prov.env")
+    line = line.removesuffix(" && chgrp prov /etc/prov/prov.env").replace("/etc/prov/", f"{tmp_path}/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROV_")}
+    made = subprocess.run(["bash", "-euc", f"pw=0123456789abcdef0123456789abcdef\n{line}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0 and not made.stdout, made.stderr
+    path = tmp_path / "prov.env"
+    assert path.stat().st_mode & 0o777 == 0o640
+    values = dr.read_environment_file(path)
+    assert values["PROV_DATABASE_URL"] == \
+        "postgresql+psycopg://prov:0123456789abcdef0123456789abcdef@db.example:5432/prov"
+    Fernet(values["PROV_SECRET_KEY"].encode())
+    assert dr.read_environment_file(dr.SYSTEMD / "prov.env.example").items() <= values.items()
