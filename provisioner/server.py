@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import Session
 
 from provisioner import audit, auth, migrate
@@ -36,32 +40,106 @@ def settings_with(**overrides: object) -> Settings:
     return get_settings()
 
 
+log = logging.getLogger(__name__)
+
+# pg_advisory_lock key held by a starting process around migration and the first admin token:
+# "prov" in ASCII and 1, so it names prov to whoever reads pg_locks. Every role process of a
+# cluster starts with prepare(), possibly at the same moment against one PostgreSQL.
+STARTUP_LOCK_KEY = (0x70726F76 << 32) | 1
+
+
+@contextlib.contextmanager
+def startup_lock(settings: Settings) -> Iterator[None]:
+    """Serialise start-ups on PostgreSQL (an advisory lock on a connection of its own); SQLite
+    needs none: one process, and its migration runs in one write transaction anyway."""
+    if not settings.db_url.startswith("postgresql"):
+        yield
+        return
+    with get_engine(settings).connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK_KEY})
+            conn.commit()
+
+
 def prepare(settings: Settings) -> str | None:
     """Directories, logging, schema migration; returns the admin token created on the very first start.
 
     Log lines are written by a thread of their own (logs.setup_logging ``background``): the event
-    loop only queues them.
+    loop only queues them. Run once per ``prov serve``, before any worker process starts; on
+    PostgreSQL under ``startup_lock``, so processes starting together migrate once and make one
+    admin token.
 
     The token exists in plain text only in that return value (only its sha256 is stored).
     """
     settings.ensure_dirs()
     setup_logging(settings.log_level, settings.log_json, background=True)
-    migrate.upgrade(settings)
-    return auth.ensure_admin_token(settings)
+    with startup_lock(settings):
+        migrate.upgrade(settings)
+        return auth.ensure_admin_token(settings)
 
 
-def run(settings: Settings) -> None:
-    """Serve the API (and start its services) until interrupted."""
-    import uvicorn
-
-    from provisioner.api.app import create_app
-
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=True, server_header=False,
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return dict(host=settings.host, port=settings.port, log_config=None, access_log=True, server_header=False,
                 # Rate limits and history lines key on the peer address: never take it from an
                 # X-Forwarded-For header (uvicorn trusts one from 127.0.0.1 by default, and the lab's
                 # guests reach the controller through a loopback forwarder).
                 proxy_headers=False)
+
+
+def worker_app() -> Any:
+    """The app of one uvicorn worker process (``--workers N``): settings from the PROV_* variables
+    the parent set (settings_with), logging of its own; migration and the first token were done
+    once by the parent (prepare)."""
+    from provisioner.api.app import create_app
+
+    settings = get_settings()
+    setup_logging(settings.log_level, settings.log_json, background=True)
+    return create_app(settings)
+
+
+def run(settings: Settings) -> None:
+    """Run this process's roles until interrupted: the API (in ``api_workers`` uvicorn worker
+    processes when more than one) when it has the api role, else its services alone."""
+    if "api" not in settings.role_set:
+        run_headless(settings)
+        return
+    import uvicorn
+
+    if settings.api_workers > 1:
+        # Each worker imports the factory and runs the lifespan: every worker is a cluster member.
+        uvicorn.run("provisioner.server:worker_app", factory=True, workers=settings.api_workers,
+                    **_uvicorn_options(settings))
+        return
+    from provisioner.api.app import create_app
+
+    uvicorn.run(create_app(settings), **_uvicorn_options(settings))
+
+
+def run_headless(settings: Settings) -> None:
+    """A conductor or boot agent without the api role: its services and heartbeat, no HTTP
+    listener, until SIGTERM or SIGINT (a clean stop: the member is marked stopped)."""
+    from provisioner.api import lifespan
+
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        # A second signal while stopping (systemd and compose may repeat theirs) is only logged:
+        # the handlers stay, so it cannot cut a clean shutdown short; SIGKILL still ends it.
+        log.info("signal %d: %s", signum, "still stopping" if done.is_set() else "stopping")
+        done.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    stops = lifespan.start_services(settings)
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        lifespan.stop_services(stops)
 
 
 def _token_rows(rows: list[ApiToken]) -> list[dict[str, Any]]:

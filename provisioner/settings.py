@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # The repository root when running from a checkout; templates/ and playbooks/ live there.
 # Templates and playbooks ship inside the package (package data), so a wheel install finds them too.
@@ -181,6 +181,57 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.boot_dir, self.user_templates_dir, self.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+    # --- scale-out: roles and cluster membership (issue 14; provisioner/cluster.py) -------------
+    # The roles this process runs (``prov serve --role api,conductor``): api, conductor, boot.
+    # Empty: all three in one process, the embedded default. A comma-separated list in PROV_ROLES.
+    roles: Annotated[list[str], NoDecode] = []
+    # Uvicorn worker processes of the api role (``--workers``); more than one needs PostgreSQL.
+    api_workers: int = Field(default=1, ge=1, le=64)
+    # The provisioning networks (CIDRs) a boot agent serves (``--network``; PROV_BOOT_NETWORKS is
+    # comma-separated); empty: every rack's, as the embedded single process does.
+    boot_networks: Annotated[list[str], NoDecode] = []
+    # Every member writes its heartbeat this often; one silent for cluster_takeover_grace is stale,
+    # and a conductor claims it dead and takes its workflows over (issue 14: within 60 s). The
+    # grace spans several beats so one slow beat (a busy database) is not a death.
+    cluster_heartbeat_interval: float = Field(default=2.0, gt=0, le=60)
+    cluster_takeover_grace: float = Field(default=15.0, gt=0, le=600)
+
+    @field_validator("roles", "boot_networks", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, value: list[str]) -> list[str]:
+        unknown = [r for r in value if r not in ALL_ROLES]
+        if unknown:
+            raise ValueError(f"unknown role {unknown[0]!r} (roles: {', '.join(ALL_ROLES)})")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _grace_spans_beats(self) -> Settings:
+        if self.cluster_takeover_grace < 3 * self.cluster_heartbeat_interval:
+            raise ValueError(f"cluster_takeover_grace ({self.cluster_takeover_grace:g} s) must be at least three "
+                             f"heartbeats (cluster_heartbeat_interval {self.cluster_heartbeat_interval:g} s)")
+        return self
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        """The roles this process runs: every role when none was named."""
+        return frozenset(self.roles or ALL_ROLES)
+
+    @property
+    def embedded(self) -> bool:
+        """SQLite: the single-process mode (one process runs every role)."""
+        return self.db_url.startswith("sqlite")
+
+
+# The roles of ``prov serve --role`` (issue 14's Interface; keep the names).
+ALL_ROLES = ("api", "conductor", "boot")
 
 
 @lru_cache(maxsize=1)

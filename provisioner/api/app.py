@@ -33,6 +33,7 @@ from provisioner.api.routes import (
     audit,
     boot_files,
     boot_scripts,
+    cluster,
     configure,
     events,
     gitops,
@@ -66,9 +67,9 @@ PUBLIC_ROUTERS: tuple[APIRouter, ...] = (
     boot_files.router, boot_scripts.router, health.router, installer.router, metrics.router,
 )
 OPERATOR_ROUTERS: tuple[APIRouter, ...] = (
-    audit.router, configure.router, events.router, gitops.router, guests.router, host_install.router, hosts.router,
-    inventory.router, power.router, profiles.router, racks.router, tasks.router, templates.router, tokens.router,
-    virt.router,
+    audit.router, cluster.router, configure.router, events.router, gitops.router, guests.router, host_install.router,
+    hosts.router, inventory.router, power.router, profiles.router, racks.router, tasks.router, templates.router,
+    tokens.router, virt.router,
 )
 
 

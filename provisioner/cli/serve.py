@@ -24,6 +24,53 @@ from provisioner.cli.output import OutputFormat, OutputOpt, client, emit, handle
 from provisioner.client import config_path
 from provisioner.errors import NotFound
 
+ROLES = ("api", "conductor", "boot")  # settings.ALL_ROLES, the Interface of issue 14
+
+
+def _roles(text: str | None) -> list[str]:
+    """``api,conductor`` -> ["api", "conductor"]; None or ``all``: [] (every role)."""
+    if text is None or text.strip() == "all":
+        return []
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise typer.BadParameter(f"{(unknown or [text])[0]!r} is not a role (api, conductor, boot, "
+                                 "or several: api,conductor)", param_hint="--role")
+    return list(dict.fromkeys(roles))
+
+
+def _networks(values: list[str] | None) -> list[str]:
+    from provisioner.schemas import validate_subnet
+
+    out: list[str] = []
+    for value in values or []:
+        for part in (p for p in value.split(",") if p.strip()):
+            try:
+                out.append(validate_subnet(part))
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--network") from None
+    return list(dict.fromkeys(out))
+
+
+def check_topology(roles: list[str], workers: int | None, networks: list[str], *, embedded: bool) -> None:
+    """Refuse what cannot work, in one line, before anything starts.
+
+    SQLite is the embedded single-process mode: one ``prov serve`` runs every role (the README's
+    first command). Separate role processes and several API workers share their state through
+    PostgreSQL (PROV_DATABASE_URL): a conductor alone on SQLite would have nobody to share with."""
+    every = not roles or set(roles) == set(ROLES)
+    if networks and roles and "boot" not in roles:
+        raise typer.BadParameter("a network is served by the boot role; add boot to --role", param_hint="--network")
+    if workers is not None and workers > 1 and roles and "api" not in roles:
+        raise typer.BadParameter("worker processes serve the API; add api to --role", param_hint="--workers")
+    pg = "set PROV_DATABASE_URL=postgresql+psycopg://..."
+    if embedded and workers is not None and workers > 1:
+        raise typer.BadParameter(f"{workers} API worker processes need PostgreSQL ({pg}); SQLite is the "
+                                 "single-process mode", param_hint="--workers")
+    if embedded and not every:
+        raise typer.BadParameter(f"{','.join(roles)} alone needs PostgreSQL ({pg}); on SQLite one prov serve "
+                                 "runs every role (leave out --role)", param_hint="--role")
+
 
 @app.command("serve")
 @handle_errors
@@ -31,11 +78,29 @@ def serve(
     host: str = typer.Option(None, "--host", help="listen address (default 127.0.0.1 or PROV_HOST)"),
     port: int = typer.Option(None, "--port", help="API port (default 8700 or PROV_PORT)"),
     tftp_port: int = typer.Option(None, "--tftp-port", help="TFTP port (default 69 or PROV_TFTP_PORT)"),
+    role: Annotated[str | None, typer.Option(
+        "--role", metavar="ROLES", help="run only these roles: api, conductor, boot, or several (api,conductor); "
+                                        "default: all three in one process. Needs PostgreSQL")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, max=64, help="API worker processes of the api role (default 1). Needs PostgreSQL")] = None,
+    network: Annotated[list[str] | None, typer.Option(
+        "--network", metavar="CIDR", help="a provisioning network the boot role serves (repeat for several); "
+                                          "default: every rack's")] = None,
 ) -> None:
-    """Run the controller: migrate the database, then serve the API and start the services."""
+    """Run the controller: migrate the database, then serve the API and start the services.
+
+    Without --role one process runs every role (the embedded default, on SQLite or PostgreSQL).
+    With --role, any number of api, conductor and boot processes share one PostgreSQL."""
     from provisioner import server
 
-    settings = server.settings_with(host=host, port=port, tftp_port=tftp_port)
+    roles = _roles(role)
+    networks = _networks(network)
+    settings = server.settings_with(host=host, port=port, tftp_port=tftp_port,
+                                    roles=",".join(roles) if role is not None else None,
+                                    api_workers=workers,
+                                    boot_networks=",".join(networks) if network is not None else None)
+    check_topology(list(settings.roles), settings.api_workers, list(settings.boot_networks),
+                   embedded=settings.embedded)
     token = server.prepare(settings)
     if token:
         # Printed once; only its sha256 is stored. stderr keeps it out of piped stdout logs.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -13,7 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from provisioner import cluster
 from provisioner.api.deps import SettingsDep
+from provisioner.api.routes.cluster import MemberBrief, brief
 from provisioner.db import get_engine
 from provisioner.settings import Settings
 
@@ -28,6 +32,9 @@ class Readiness(BaseModel):
     status: str = Field(description="ready | unavailable")
     schema_: str | None = Field(None, alias="schema", description="the database's migration revision (ready)")
     reason: str | None = Field(None, description="why not (unavailable)")
+    members: list[MemberBrief] | None = Field(
+        None, description="the live cluster members (ready): conductors, boot agents and api processes, "
+                          "with their last heartbeat (GET /api/v1/cluster has the details)")
 
 
 # Liveness must not wait behind the database or the route threads (issue 18: a sync /healthz
@@ -57,27 +64,32 @@ def _ready_limiter() -> CapacityLimiter:
         return limiter
 
 
-def _check_database(settings: Settings) -> str | None:
+def _check_database(settings: Settings) -> tuple[str | None, list[dict[str, Any]]]:
+    # One short session: the revision and the live members (an index range on cluster_member's
+    # state and heartbeat, a handful of rows), then the connection goes back to the pool.
     with Session(get_engine(settings)) as session:
         session.execute(text("SELECT 1"))
-        return session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        version = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        _now, live = cluster.members(session, grace_s=settings.cluster_takeover_grace, live_only=True)
+        return version, [brief(v).model_dump(mode="json") for v in live]
 
 
 # The answer is built here (JSONResponse): the models document it, nothing is validated.
 @router.get("/readyz", response_model=Readiness, responses={
     503: {"description": "database not reachable or schema not migrated", "model": Readiness}})
 async def readyz(settings: SettingsDep) -> JSONResponse:
-    """The database answers (within 2 s) and the schema has been migrated."""
+    """The database answers (within 2 s) and the schema has been migrated; the live cluster members."""
     version: str | None = None
+    members: list[dict[str, Any]] = []
     reason = "timeout"
     # abandon_on_cancel: a check stuck on the pool finishes (and gives its connection back) by itself
     with anyio.move_on_after(READY_TIMEOUT_S):
         try:
-            version = await anyio.to_thread.run_sync(_check_database, settings, abandon_on_cancel=True,
-                                                     limiter=_ready_limiter())
+            version, members = await anyio.to_thread.run_sync(_check_database, settings, abandon_on_cancel=True,
+                                                              limiter=_ready_limiter())
             reason = ""
         except (SQLAlchemyError, TimeoutError) as exc:
             reason = exc.__class__.__name__
     if reason:
         return JSONResponse(status_code=503, content={"status": "unavailable", "reason": reason})
-    return JSONResponse(content={"status": "ready", "schema": version})
+    return JSONResponse(content={"status": "ready", "schema": version, "members": members})
