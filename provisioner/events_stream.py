@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 from sqlmodel import select as select_rows
 
+from provisioner import event_outbox
 from provisioner.db import get_engine
 from provisioner.models import EventStreamMark, EventStreamRow
 from provisioner.settings import Settings
@@ -287,15 +288,19 @@ _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Waker]]
 
 def _waker(settings: Settings) -> _Waker:
     per_loop = _wakers.setdefault(asyncio.get_running_loop(), {})
-    w = per_loop.get(settings.db_url)
+    key = str(get_engine(settings).url)  # as event_outbox.engine_key names it
+    w = per_loop.get(key)
     if w is None:
-        w = per_loop[settings.db_url] = _Waker(settings)
+        w = per_loop[key] = _Waker(settings)
     return w
 
 
-def wake_local(db_url: str) -> None:
+def wake_local(engine_key: str) -> None:
     """Called (thread-safe) by event_outbox after a commit in this process: streams read now."""
     for loop, per_loop in list(_wakers.items()):
-        w = per_loop.get(db_url)
+        w = per_loop.get(engine_key)
         if w is not None and w.subscribers and not loop.is_closed():
             loop.call_soon_threadsafe(w.bump)
+
+
+event_outbox.on_commit.append(wake_local)

@@ -266,3 +266,7 @@ class EventStreamMark(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     pruned_through: int = Field(default=0)
+
+
+# The event stream's session hooks (after every class above exists: the module imports them).
+from provisioner import event_outbox as _event_outbox  # noqa: E402, F401

@@ -229,6 +229,14 @@ class Settings(BaseSettings):
         """SQLite: the single-process mode (one process runs every role)."""
         return self.db_url.startswith("sqlite")
 
+    # Event stream (issue 16; provisioner/events_stream.py, README "Event stream"): events are kept this
+    # long and at most this many (the newest); a resume from before that is told what it lost.
+    events_retention_hours: float = Field(default=72.0, gt=0, le=24 * 366)
+    events_retention_rows: int = Field(default=1_000_000, ge=1000)
+    # open streams per API process, in total and per token (over it: 503 / 429 with Retry-After)
+    events_max_streams: int = Field(default=200, ge=1, le=10_000)
+    events_max_streams_per_token: int = Field(default=20, ge=1, le=10_000)
+
 
 # The roles of ``prov serve --role`` (issue 14's Interface; keep the names).
 ALL_ROLES = ("api", "conductor", "boot")
