@@ -22,6 +22,7 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +44,21 @@ PRESETS = {
 }
 
 
+def _rerun_from_snapshot() -> int:
+    """This same command again, from a copy of HEAD (the bench's own code included)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    snap = Path(tempfile.mkdtemp(prefix=f"prov-bench-scale-{commit}-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(snap)], input=archive, check=True)
+        print(f"# measuring commit {commit} (exported to {snap})", flush=True)
+        env = {**os.environ, "PROV_BENCH_SNAPSHOT": commit, "PYTHONPATH": str(snap)}
+        return subprocess.run([sys.executable, "-m", "bench.scale", *sys.argv[1:]], cwd=snap, env=env).returncode
+    finally:
+        shutil.rmtree(snap, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: one round each, shorter runs")
@@ -59,7 +75,12 @@ def main() -> int:
     ap.add_argument("--players", type=int, default=16, help="installer-playing threads of the workflow part")
     ap.add_argument("--baseline-tree", type=Path, help="another checkout's single process, for the runner ratio")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
+    ap.add_argument("--tree", choices=("HEAD", "working"), default="HEAD",
+                    help="measure the last commit (exported with git archive into a temp dir: other people's "
+                         "half-done edits in the working tree cannot break the run) or the working tree as it is")
     args = ap.parse_args()
+    if args.tree == "HEAD" and not os.environ.get("PROV_BENCH_SNAPSHOT"):
+        return _rerun_from_snapshot()
     p = PRESETS["quick" if args.quick else "full"]
     for key in ("power_hosts", "power_interval", "wf_hosts", "wf_rounds"):
         if getattr(args, key) is not None:
@@ -98,6 +119,8 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     print("\n".join(lines))
+    snapshot = os.environ.get("PROV_BENCH_SNAPSHOT")
+    print(f"code measured: {'commit ' + snapshot if snapshot else 'the working tree'}")
     print(f"run {time.monotonic() - t_start:.0f} s on {os.cpu_count()} CPUs; load average (1/5/15 min) at the "
           f"start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, at the end "
           f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}")
