@@ -16,9 +16,9 @@ Topologies (sides), alternated round by round:
   single       one ``prov serve`` (every role) on PostgreSQL: today's shape
   1 conductor  ``prov serve --role api`` + one ``prov serve --role conductor``
   2 conductors the same with two conductors
-The conductor sides are run only when this checkout has the engine (no
-provisioner/conductor/tasks.py): with the thread runner an install runs in the
-API process that accepted it, so a conductor process would have nothing to do.
+The conductor sides are run only when this checkout has the engine
+(provisioner/conductor/engine.py, DBOS): with the thread runner an install runs
+in the API process that accepted it, so a conductor process would have nothing to do.
 ``--baseline-tree DIR`` adds a side "single (DIR)": the same single process from
 another checkout (e.g. a git worktree of the last commit with the old runner),
 for the engine's overhead against the old runner in the same run.
@@ -47,7 +47,7 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly0123456789abc
 
 
 def has_engine() -> bool:
-    return not (ROOT / "provisioner" / "conductor" / "tasks.py").exists()
+    return (ROOT / "provisioner" / "conductor" / "engine.py").exists()
 
 
 @dataclass
