@@ -138,7 +138,8 @@ def _head(settings: Settings) -> tuple[int, int]:
     with Session(get_engine(settings)) as s:
         top = s.execute(select(func.max(EventStreamRow.id))).scalar() or 0
         mark = s.get(EventStreamMark, 1)
-        return int(top), int(mark.pruned_through if mark else 0)
+        pruned = int(mark.pruned_through if mark else 0)
+        return max(int(top), pruned), pruned  # everything pruned: the newest id is the mark
 
 
 def _max_id(settings: Settings) -> int:
@@ -185,7 +186,12 @@ async def stream(settings: Settings, filters: StreamFilter, last_id: int | None)
 
 async def sse_body(settings: Settings, filters: StreamFilter, last_id: int | None,
                    heartbeat: float = HEARTBEAT_S) -> AsyncIterator[bytes]:
-    """``stream()`` as the bytes of a text/event-stream body: retry hint, events, heartbeats."""
+    """``stream()`` as the bytes of a text/event-stream body: retry hint, events, heartbeats.
+
+    A live stream's start (the newest id) is fixed before the first byte is sent, so a client that
+    reads the current state once it has the first line (``prov host watch``) misses nothing."""
+    if last_id is None:
+        last_id = (await asyncio.to_thread(_head, settings))[0]
     yield RETRY
     events = stream(settings, filters, last_id).__aiter__()
     pending: asyncio.Task[StreamEvent] | None = None

@@ -36,6 +36,7 @@ from provisioner.api.routes import (
     cluster,
     configure,
     events,
+    events_stream,
     gitops,
     guests,
     health,
@@ -67,9 +68,9 @@ PUBLIC_ROUTERS: tuple[APIRouter, ...] = (
     boot_files.router, boot_scripts.router, health.router, installer.router, metrics.router,
 )
 OPERATOR_ROUTERS: tuple[APIRouter, ...] = (
-    audit.router, cluster.router, configure.router, events.router, gitops.router, guests.router, host_install.router,
-    hosts.router, inventory.router, power.router, profiles.router, racks.router, tasks.router, templates.router,
-    tokens.router, virt.router,
+    audit.router, cluster.router, configure.router, events.router, events_stream.router, gitops.router, guests.router,
+    host_install.router, hosts.router, inventory.router, power.router, profiles.router, racks.router, tasks.router,
+    templates.router, tokens.router, virt.router,
 )
 
 

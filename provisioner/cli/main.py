@@ -19,6 +19,7 @@ from provisioner.cli import (  # noqa: F401  (each registers its commands on imp
     ansible,
     completion,
     configure,
+    events,
     gitops,
     guests,
     host,
