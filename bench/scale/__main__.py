@@ -44,6 +44,12 @@ PRESETS = {
 }
 
 
+def _now(lines: list[str]) -> list[str]:
+    """A part's report printed as soon as it is done (and again at the end, with the others)."""
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def _rerun_from_snapshot() -> int:
     """This same command again, from a copy of HEAD (the bench's own code included)."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -101,18 +107,18 @@ def main() -> int:
                 res = api_part.run(work / "api", server, pid, hosts=args.hosts, rounds=p["api_rounds"],
                                    seconds=p["api_seconds"], page_seconds=p["page_seconds"],
                                    connections=args.connections, launcher=args.launcher)
-                lines += [*api_part.report(res), ""]
+                lines += _now([*api_part.report(res), ""])
             if "power" in parts:
                 print("# power ...", flush=True)
                 (work / "power").mkdir()
                 res = power_part.run(work / "power", server, pid, hosts=p["power_hosts"],
                                      interval=p["power_interval"], concurrency=args.power_concurrency)
-                lines += [*power_part.report(res), ""]
+                lines += _now([*power_part.report(res), ""])
             if "workflow" in parts:
                 print("# workflow ...", flush=True)
                 res = workflow_part.run(work / "workflow", server, pid, hosts=p["wf_hosts"], rounds=p["wf_rounds"],
                                         timeout=600, players=args.players, baseline_tree=args.baseline_tree)
-                lines += [*workflow_part.report(res), ""]
+                lines += _now([*workflow_part.report(res), ""])
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

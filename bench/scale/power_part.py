@@ -65,12 +65,15 @@ def start_bmcs(work: Path, n: int) -> tuple[list[subprocess.Popen[bytes]], list[
 Seen = dict[int, list[float]]  # port -> times
 
 
-def stop_bmcs(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> tuple[Seen, Seen]:
+def stop_bmcs(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> tuple[Seen, Seen, int, int]:
+    """SIGTERM every responder; what they saw, the packets they could not handle, how many died early."""
+    died = sum(1 for p in procs if p.poll() is not None)
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
-    first: dict[int, list[float]] = {}
-    status: dict[int, list[float]] = {}
+    first: Seen = {}
+    status: Seen = {}
+    errors = 0
     for p, log in zip(procs, logs, strict=True):
         try:
             p.wait(30)
@@ -80,7 +83,8 @@ def stop_bmcs(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> tuple[S
             d = json.loads(log.read_text())
             first.update({int(k): v for k, v in d["first"].items()})
             status.update({int(k): v for k, v in d["status"].items()})
-    return first, status
+            errors += int(d.get("errors", 0))
+    return first, status, errors, died
 
 
 def seed(settings: Settings, ports: list[int]) -> None:
@@ -144,7 +148,7 @@ def run(work: Path, pg: Any, pg_pid: int, *, hosts: int, interval: float, concur
     finally:
         if ctl is not None:
             stop_all([ctl])
-        first, status = stop_bmcs(procs, logs)
+        first, status, res["bmc_errors"], res["bmc_died"] = stop_bmcs(procs, logs)
         get_engine(settings).dispose()
     calls = [c for port in status for c in stats.pair_calls(first.get(port, []), status[port])]
     res["calls"] = len(calls)
@@ -169,7 +173,8 @@ def report(res: dict[str, Any]) -> list[str]:
         return out
     lat = res["latency_ms"]
     out += [f"  calls answered {res['calls']} by {res['bmcs_answered']} BMCs; power_state recorded for "
-            f"{res['recorded']}/{res['hosts']} hosts",
+            f"{res['recorded']}/{res['hosts']} hosts; responder packets dropped {res['bmc_errors']}, "
+            f"responders died {res['bmc_died']}",
             f"  round span (first to last call started) {res['span_s']:.1f} s of the {res['interval']:g} s interval "
             f"({res['span_s'] / res['interval']:.2f}); first call {res['startup_to_first_s']:.1f} s after start",
             f"  peak in flight (at the BMCs: first packet to chassis-status answer): {res['peak']} "
