@@ -27,6 +27,7 @@ DEV_PKGS=(
   postgresql                      # the API suite runs on SQLite and PostgreSQL
   tftp-hpa atftp tftpd-hpa curl   # TFTP clients + the reference server for bench/tftp
   libxml2-utils virtinst          # virt-xml-validate, virt-install (bench/virt reference)
+  chromium chromium-driver        # the web console's browser tests (tests/integration/ui)
   openssh-server sshpass nftables # namespace SSH hosts for Ansible
   debconf-utils cloud-init grub-common  # preseed, cloud-config and grub.cfg validators
   netplan.io                      # netplan v2 validator (autoinstall network:, NoCloud network-config)

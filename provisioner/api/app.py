@@ -54,6 +54,7 @@ from provisioner.api.routes import (
     virt,
 )
 from provisioner.api.strict import JsonBodyGuard, strict_input
+from provisioner.api.ui.routes import router as ui_router  # the web console at /ui (not in the OpenAPI document)
 from provisioner.errors import ProvError
 from provisioner.secret_store import mask
 from provisioner.settings import Settings, get_settings
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 # lists share no path prefix: /api/v1 for the operator routes, /boot, /install/v1, /healthz,
 # /readyz and /metrics for the public ones.
 PUBLIC_ROUTERS: tuple[APIRouter, ...] = (
-    boot_files.router, boot_scripts.router, health.router, installer.router, metrics.router,
+    boot_files.router, boot_scripts.router, health.router, installer.router, metrics.router, ui_router,
 )
 OPERATOR_ROUTERS: tuple[APIRouter, ...] = (
     audit.router, cluster.router, configure.router, events.router, events_stream.router, gitops.router, guests.router,
