@@ -194,8 +194,3 @@ def serve_problem(argv: list[str]) -> str | None:
         return str(message()) if message else repr(exc)
     return None
 
-
-def roles_landed() -> bool:
-    """Whether ``prov serve`` has the issue 14 options yet (--role, --workers, --network)."""
-    return serve_problem(["serve", "--role", "api", "--workers", "2"]) is None and \
-        serve_problem(["serve", "--role", "boot", "--network", "10.10.0.0/24"]) is None

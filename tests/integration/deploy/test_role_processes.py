@@ -71,9 +71,7 @@ def pg_server() -> Iterator[pg.PgServer]:
 
 
 @pytest.fixture(autouse=True)
-def _roles_landed() -> None:
-    if not dr.roles_landed():
-        pytest.skip("prov serve has no --role/--workers/--network yet (issue 14 roles, cli/serve.py)")
+def _venv_prov() -> None:
     if not (VENV_BIN / "prov").exists():
         pytest.skip("no .venv/bin/prov (deploy/install.sh --dev makes it)")
 

@@ -275,8 +275,6 @@ def _serve_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_every_deploy_command_is_a_real_prov_serve_command_line() -> None:
-    if not dr.roles_landed():
-        pytest.skip("prov serve has no --role/--workers/--network yet (issue 14 roles, cli/serve.py)")
     commands = _serve_commands()
     assert len(commands) >= 8
     for where, argv in commands:
