@@ -177,3 +177,39 @@ def test_format_sse() -> None:
     data = json.loads(raw.split("data: ", 1)[1])
     assert data == {"id": 7, "kind": "host.history", "host": "web01", "rack": None, "task": None, "state": None,
                     "message": "two\nlines", "progress": None, "at": "2026-12-03T00:00:00Z"}
+
+
+def test_sse_body_sends_retry_then_heartbeats_then_events(settings: Settings) -> None:
+    async def run() -> list[bytes]:
+        body = events_stream.sse_body(settings, StreamFilter(), None, heartbeat=0.1)
+        out = [await body.__anext__(), await body.__anext__()]  # retry hint, a heartbeat (nothing happened)
+
+        def write() -> None:
+            with Session(get_engine(settings)) as s:
+                crud.create_rack(s, data=RackCreate(name="hb"))
+        await asyncio.to_thread(write)
+        while not out[-1].startswith(b"id: "):
+            out.append(await asyncio.wait_for(body.__anext__(), 5))
+        await body.aclose()  # type: ignore[attr-defined]
+        return out
+
+    out = asyncio.run(run())
+    assert out[0] == events_stream.RETRY and out[1] == events_stream.HEARTBEAT
+    assert b'"kind":"inventory"' in out[-1] and b"rack hb created" in out[-1]
+
+
+def test_stream_caps_per_token_and_total() -> None:
+    from provisioner.api.routes import events_stream as route
+
+    assert route._claim("t1", total=3, per_token=2) is None
+    assert route._claim("t1", total=3, per_token=2) is None
+    refused = route._claim("t1", total=3, per_token=2)
+    assert refused is not None and refused.status_code == 429 and refused.headers["retry-after"]
+    assert json.loads(bytes(refused.body))["error"] == "too_many_streams"
+    assert route._claim("t2", total=3, per_token=2) is None
+    full = route._claim("t3", total=3, per_token=2)
+    assert full is not None and full.status_code == 503
+    for key in ("t1", "t1", "t2"):
+        route._release(key)
+    assert route.open_streams() == 0 and route._claim("t3", total=3, per_token=2) is None
+    route._release("t3")
