@@ -96,7 +96,7 @@ def test_console_in_chromium(tmp_path: Path) -> None:
             # a power change through the REST API: shown live too
             r = api.post("/api/v1/hosts/node01/power", json={"action": "on"})
             assert r.status_code == 200 and r.json()["ok"], r.text
-            _wait_slot(b, "node01", "power", "power on")
+            _wait_slot(b, "node01", "power", "on")
             assert b.js(BOXES) == boxes, "a slot moved when events arrived"
             assert b.url.endswith("/ui/racks") and b.js("return performance.getEntriesByType('navigation').length") == 1
             b.screenshot(shots / "rack-live.png")
@@ -128,7 +128,7 @@ def test_console_in_chromium(tmp_path: Path) -> None:
             b.click("#act-power-on")
             assert b.wait("return (document.querySelector('#live .ok') || {}).textContent", timeout=20)
             assert sim.ipmitool_power() == "on"
-            assert b.wait("return document.querySelector('[data-role=power] .pw-text').textContent === 'power on'")
+            assert b.wait("return document.querySelector('[data-role=power] .pw-text').textContent === 'on'")
             scroll, inner = b.js(OVERFLOW)
             assert scroll <= inner
             b.screenshot(shots / "host.png")

@@ -66,7 +66,7 @@
     el.querySelectorAll("[data-role=power]").forEach(function (p) {
       p.className = "power pw-" + safeClass(power);
       var text = p.querySelector(".pw-text");
-      if (text) { text.textContent = "power " + power; }
+      if (text) { text.textContent = power; }
     });
   }
 
