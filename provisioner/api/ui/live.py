@@ -5,6 +5,8 @@ page says where to start (``after``: the newest event id when it was rendered, s
 happened between the render and the connection is missed); a reconnecting EventSource sends
 ``Last-Event-ID``, which wins. The session is checked again every RECHECK_S: a logged-out,
 revoked or expired session's stream ends (the browser's reconnect then gets a 401 and stops).
+Open streams count against the REST stream's limits (api/routes/events_stream.py: 503 over the
+process's total, 429 over a token's share).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import events_stream
 from provisioner.api.deps import SettingsDep
+from provisioner.api.routes import events_stream as stream_route
 from provisioner.api.ui import session as ui_session
 from provisioner.api.ui import view
 from provisioner.settings import Settings
@@ -46,7 +49,13 @@ async def ui_events(request: Request, settings: SettingsDep) -> Response:
     last_id = _int(request.headers.get("last-event-id"))
     if last_id is None:
         last_id = _int(q.get("after"))
-    response = StreamingResponse(_guarded(request, settings, filters, last_id), media_type="text/event-stream")
+    # The REST stream's bounds (settings events_max_streams, per token): one budget per process.
+    key = f"ui-token:{sess.token_id}"
+    refused = stream_route._claim(key, settings.events_max_streams, settings.events_max_streams_per_token)
+    if refused is not None:
+        return refused
+    response = stream_route._Stream(key, _guarded(request, settings, filters, last_id),
+                                    media_type="text/event-stream")
     view.headers(response)
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response

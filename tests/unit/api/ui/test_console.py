@@ -264,3 +264,14 @@ def test_sessions_keyed_by_the_secret_key(settings: Settings) -> None:
     other = Settings(data_dir=settings.data_dir / "other", tftp_enabled=False, dhcp_enabled=False)
     assert ui_session._parse(settings, value) is not None
     assert ui_session._parse(other, value) is None
+
+
+def test_ui_stream_bounds_and_kinds(settings: Settings, admin: str) -> None:
+    bounded = settings.model_copy(update={"events_max_streams_per_token": 0})
+    app = create_app(bounded)
+    app.state.start_services = False
+    with TestClient(app, base_url=BASE, follow_redirects=False) as c:
+        login(c, admin)
+        assert c.get("/ui/events", params={"kind": "nope"}).status_code == 422
+        r = c.get("/ui/events")
+        assert r.status_code == 429 and r.json()["error"] == "too_many_streams"
