@@ -3,7 +3,8 @@
 
 Log in with the first token; the rack elevation shows each host at its U in its state's colour;
 a state change and a power change made through the REST API show in the open page within 2 s
-without a reload, and no slot moves (element boxes unchanged); the power buttons really drive
+without a reload, an install task's progress bar advances in its slot, and no slot moves (element
+boxes unchanged); the power buttons really drive
 the BMC (ipmitool confirms), the destructive one only after its confirmation; no horizontal
 overflow at 1280x800 nor at a phone's 390x844. Screenshots go to $PROV_TEST_ARTIFACTS (else the
 test's tmp dir).
@@ -18,7 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import Session
 
+from provisioner.db import get_engine
+from provisioner.models import Task
+from provisioner.settings import Settings
 from tests.integration.ui.webdriver import Browser, chromium, chromium_paths
 from tests.support.cli import start_prov_serve
 from tests.support.helpers import require_binary
@@ -31,6 +36,11 @@ SUITE3 = {"cipher_suite": 3}  # ipmi_sim offers no suite 17 (docs/field-notes.md
 BOXES = """return Array.from(document.querySelectorAll('.slot, .rack, h1, .legend')).map(function (e) {
   var r = e.getBoundingClientRect(); return [e.getAttribute('data-host') || e.getAttribute('data-u') || e.className,
   r.x, r.y, r.width, r.height]; });"""
+PROGRESS = """var name = arguments[0];
+var el = Array.from(document.querySelectorAll('.elevation [data-host]'))
+  .find(function (e) { return e.getAttribute('data-host') === name; });
+var bar = el.querySelector('[data-role=progress]');
+return bar.value === arguments[1] && getComputedStyle(bar).visibility === 'visible';"""
 OVERFLOW = "return [document.documentElement.scrollWidth, window.innerWidth];"
 SLOT = """var name = arguments[0];
 var el = Array.from(document.querySelectorAll('.elevation [data-host]'))
@@ -97,6 +107,23 @@ def test_console_in_chromium(tmp_path: Path) -> None:
             r = api.post("/api/v1/hosts/node01/power", json={"action": "on"})
             assert r.status_code == 200 and r.json()["ok"], r.text
             _wait_slot(b, "node01", "power", "on")
+            # an install's progress bar advances (task rows written as the conductor writes them: the
+            # session hooks put their task.progress events in the controller's database)
+            db = Settings(data_dir=srv.data_dir)
+            host_id = api.get("/api/v1/hosts/node01").json()["id"]
+            with Session(get_engine(db)) as s:
+                task = Task(kind="install", host_id=host_id, status="running", progress=10, step="netboot")
+                s.add(task)
+                s.commit()
+                for pct in (25, 60):
+                    task.progress = pct
+                    s.add(task)
+                    s.commit()
+                    assert b.wait(PROGRESS, "node01", pct), f"progress bar not at {pct}"
+                task.status, task.progress = "succeeded", 100
+                s.add(task)
+                s.commit()
+            get_engine(db).dispose()
             assert b.js(BOXES) == boxes, "a slot moved when events arrived"
             assert b.url.endswith("/ui/racks") and b.js("return performance.getEntriesByType('navigation').length") == 1
             b.screenshot(shots / "rack-live.png")
