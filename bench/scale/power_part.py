@@ -181,7 +181,8 @@ def report(res: dict[str, Any]) -> list[str]:
             f"(power_concurrency {res['concurrency']}; IPMI calls run in PROV_IPMI_WORKERS pyghmi worker processes, "
             "default 32)",
             f"  call latency p50 / p99 / max: {lat[0]:.0f} / {lat[1]:.0f} / {lat[2]:.0f} ms",
-            f"  calls started per tenth of the interval (max/mean {stats.evenness(res['spread']):.2f}; 1.00 = even):"]
+            f"  calls started per tenth of the interval from the first call, then after it (max/mean "
+            f"{stats.evenness(res['spread']):.2f}; 1.00 = even):"]
     out += ["    " + line for line in stats.histogram_line(res["spread"])]
     cpu = res["cpu"]
     out.append(f"  CPU s over {res['wall_s']:.0f} s (controller start-up included): controller {cpu['controller']:.1f}"

@@ -58,29 +58,31 @@ def peak_in_flight(intervals: Iterable[tuple[float, float]]) -> int:
 
 
 def spread(times: Iterable[float], start: float, span: float, bins: int = 10) -> list[int]:
-    """How many of ``times`` fall in each ``span / bins`` of [start, start + span); later ones in the last bin.
-
-    Earlier ones are dropped (they belong to no interval of this round)."""
-    counts = [0] * bins
+    """How many of ``times`` fall in each ``span / bins`` of [start, start + span), then one more bin:
+    how many came after the interval (a round that fell behind). Earlier ones are dropped."""
+    counts = [0] * (bins + 1)
     width = span / bins
     for t in times:
         if t < start:
             continue
-        counts[min(bins - 1, int((t - start) / width))] += 1
+        counts[min(bins, int((t - start) / width))] += 1
     return counts
 
 
 def histogram_line(counts: Sequence[int], width: int = 40) -> list[str]:
-    """One text bar per bin, scaled to the fullest bin."""
+    """One text bar per tenth (spread's bins), scaled to the fullest; the last bin is "after" the interval."""
     top = max(counts, default=0) or 1
-    return [f"{i * 10:3d}-{(i + 1) * 10:3d}% {c:7d} {'#' * round(c / top * width)}" for i, c in enumerate(counts)]
+    labels = [f"{i * 10:3d}-{(i + 1) * 10:3d}%" for i in range(len(counts) - 1)] + ["   after"]
+    return [f"{label} {c:7d} {'#' * round(c / top * width)}" for label, c in zip(labels, counts, strict=True)]
 
 
 def evenness(counts: Sequence[int]) -> float:
-    """max bin / mean bin (1.0 = perfectly even; 10.0 = everything in one tenth)."""
-    if not counts or sum(counts) == 0:
+    """max bin / mean bin of spread's tenths, what came after the interval counted in the last tenth
+    (1.0 = perfectly even; 10.0 = everything in one tenth)."""
+    tenths = [*counts[:-2], counts[-2] + counts[-1]] if len(counts) > 1 else list(counts)
+    if not tenths or sum(tenths) == 0:
         return math.nan
-    return max(counts) / (sum(counts) / len(counts))
+    return max(tenths) / (sum(tenths) / len(tenths))
 
 
 def per_minute(count: int, seconds: float) -> float:

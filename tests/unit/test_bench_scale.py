@@ -38,12 +38,13 @@ def test_peak_in_flight() -> None:
 
 def test_spread_per_tenth() -> None:
     counts = stats.spread([0.0, 0.5, 1.0, 9.99, 12.0, -1.0], start=0.0, span=10.0)
-    assert counts == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]  # late ones in the last tenth, early ones dropped
-    assert stats.evenness([10] * 10) == 1.0
-    assert stats.evenness([100] + [0] * 9) == 10.0
-    assert math.isnan(stats.evenness([0] * 10))
-    lines = stats.histogram_line([1, 2], width=4)
-    assert lines[1].endswith("####") and lines[0].endswith(" ##")
+    assert counts == [2, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1]  # then the late ones; early ones dropped
+    assert stats.evenness([10] * 10 + [0]) == 1.0
+    assert stats.evenness([100] + [0] * 10) == 10.0
+    assert stats.evenness([0] * 9 + [50, 50]) == 10.0  # after the interval counts as the last tenth
+    assert math.isnan(stats.evenness([0] * 11))
+    lines = stats.histogram_line([1, 2, 0], width=4)
+    assert lines[1].endswith("####") and lines[0].endswith(" ##") and lines[2].startswith("   after")
 
 
 def test_pair_calls_takes_the_first_packet_since_the_last_answer() -> None:
