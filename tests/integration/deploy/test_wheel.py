@@ -80,6 +80,7 @@ def test_the_wheel_carries_the_package_data(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     src = ROOT / "provisioner"
     subs = ("migrations", "templates", "playbooks", "lab/recipes", "api/static",  # static: /docs, /redoc
+            "api/ui/templates", "api/ui/assets",  # the web console (/ui)
             "ansible_collections")  # the collection prov.provisioner (its inventory plugin)
     needed = [p.relative_to(ROOT).as_posix() for sub in subs
               for p in (src / sub).rglob("*")

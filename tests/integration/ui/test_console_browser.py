@@ -4,10 +4,9 @@
 Log in with the first token; the rack elevation shows each host at its U in its state's colour;
 a state change and a power change made through the REST API show in the open page within 2 s
 without a reload, an install task's progress bar advances in its slot, and no slot moves (element
-boxes unchanged); the power buttons really drive
-the BMC (ipmitool confirms), the destructive one only after its confirmation; no horizontal
-overflow at 1280x800 nor at a phone's 390x844. Screenshots go to $PROV_TEST_ARTIFACTS (else the
-test's tmp dir).
+boxes unchanged); the power buttons really drive the BMC (ipmitool confirms), the destructive one
+only after its confirmation; no horizontal overflow at 1280x800 nor at a phone's 390x844.
+Screenshots go to $PROV_TEST_ARTIFACTS (else the test's tmp dir).
 """
 
 from __future__ import annotations
