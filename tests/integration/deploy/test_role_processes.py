@@ -160,13 +160,22 @@ def _live(url: str, want: dict[str, int]) -> list[dict[str, Any]] | None:
     return members if count == want else None
 
 
-def _tftp_error(port: int) -> bytes:
-    """An RRQ for a file no boot root holds: a TFTP server answers ERROR (opcode 5, RFC 1350)."""
+def _tftp_error(port: int, timeout: float = 30.0) -> bytes:
+    """An RRQ for a file no boot root holds: a TFTP server answers ERROR (opcode 5, RFC 1350).
+    Sent again every 2 s, as a TFTP client retransmits: the agent's member row can be up a moment
+    before its TFTP socket answers (seen once under load: the cluster took 22 s to start)."""
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
-        s.sendto(b"\x00\x01no-such-file\x00octet\x00", ("127.0.0.1", port))
-        data, _ = s.recvfrom(1024)
-    return data
+        s.settimeout(2)
+        while True:
+            s.sendto(b"\x00\x01no-such-file\x00octet\x00", ("127.0.0.1", port))
+            try:
+                data, _ = s.recvfrom(1024)
+                return data
+            except (TimeoutError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def _member_states(server: pg.PgServer, dbname: str) -> list[tuple[str, str]]:
