@@ -10,9 +10,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+from provisioner import changes
 from provisioner.settings import Settings, get_settings
 
 _engines: dict[str, Engine] = {}
+
+# Boot-relevant commits tell the boot agents (pg_notify on PostgreSQL, in-process on SQLite).
+changes.install()
 
 # SQLite waits this long for a competing writer before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
