@@ -38,7 +38,9 @@ def _twin(secret: str, rng: random.Random) -> str:
     out = []
     for ch in secret:
         if ch in string.digits:
-            out.append(rng.choice(string.digits))
+            # a zero stays a zero and no other digit becomes one: a raw body is read as JSON, and
+            # "05..." stops the parser a column earlier than "52..." (a reply that differs by shape)
+            out.append("0" if ch == "0" else rng.choice(string.digits[1:]))
         elif ch in "abcdef" and "-" in secret:  # keep a MAC-shaped secret MAC-shaped
             out.append(rng.choice("abcdef"))
         elif ch.isalpha():
