@@ -35,7 +35,7 @@ from provisioner.drivers.boot.tftp import TftpConfig, TftpServer
 logging.basicConfig(level=logging.WARNING)
 # every client of the bench comes from 127.0.0.1: lift the per-address cap (8 by default)
 srv = TftpServer(TftpConfig(root=Path(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
-                            max_per_client=512)).start()
+                            max_per_client=512, reuse_port=sys.argv[3] == "1")).start()
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 print("ready", flush=True)
@@ -60,12 +60,17 @@ def port_free(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def server(kind: str, root: Path, workdir: Path) -> Iterator[int | None]:
+def server(kind: str, root: Path, workdir: Path, workers: int = 1) -> Iterator[int | None]:
+    extra: list[subprocess.Popen[bytes]] = []
     if kind == "prov":
         port = free_udp_port()
-        proc = subprocess.Popen([sys.executable, "-c", PROV_SERVER, str(root), str(port)], stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        proc.stdout.readline()
+        # --prov-workers N: N processes on one port with SO_REUSEPORT (issue 14)
+        procs = [subprocess.Popen([sys.executable, "-c", PROV_SERVER, str(root), str(port),
+                                   "1" if workers > 1 else "0"], stdout=subprocess.PIPE) for _ in range(workers)]
+        for p in procs:
+            assert p.stdout is not None
+            p.stdout.readline()
+        proc, extra = procs[0], procs[1:]
     elif kind == "tftpd-hpa":
         if not shutil.which("in.tftpd"):
             yield None
@@ -89,8 +94,10 @@ def server(kind: str, root: Path, workdir: Path) -> Iterator[int | None]:
     try:
         yield port
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for p in (proc, *extra):
+            p.terminate()
+        for p in (proc, *extra):
+            p.wait(10)
 
 
 def fetch(client: str, port: int, name: str, out: Path, blksize: int, window: int = 1) -> float:
@@ -114,6 +121,9 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=64)
+    ap.add_argument("--parallel-runs", type=int, default=1, help="repeat the parallel case (min/median/max)")
+    ap.add_argument("--only-parallel", action="store_true", help="skip the single-client cases")
+    ap.add_argument("--prov-workers", type=int, default=1, help="prov server processes (SO_REUSEPORT)")
     args = ap.parse_args()
     for binary in ("atftp", "curl"):
         if not shutil.which(binary):
@@ -131,8 +141,11 @@ def main() -> int:
         cases = [("atftp", 512, 1), ("atftp", 1468, 1), ("curl", 512, 1), ("curl", 1468, 1), ("atftp", 1468, 16)]
         results: dict[tuple[str, str, int, int], float] = {}
         par: dict[str, float] = {}
+        par_all: dict[str, list[float]] = {}
+        if args.only_parallel:
+            cases = []
         for srv in servers:
-            with server(srv, root, work) as port:
+            with server(srv, root, work, args.prov_workers) as port:
                 if port is None:
                     print(f"# {srv}: not available, skipped")
                     continue
@@ -157,11 +170,13 @@ def main() -> int:
                         raise RuntimeError(f"{srv}: parallel download {i} short")
                     out.unlink()
 
-                t0 = time.perf_counter()
                 try:
-                    with ThreadPoolExecutor(args.parallel) as pool:
-                        list(pool.map(one, range(args.parallel)))
-                    par[srv] = time.perf_counter() - t0
+                    for _run in range(args.parallel_runs):
+                        t0 = time.perf_counter()
+                        with ThreadPoolExecutor(args.parallel) as pool:
+                            list(pool.map(one, range(args.parallel)))
+                        par_all.setdefault(srv, []).append(time.perf_counter() - t0)
+                    par[srv] = statistics.median(par_all[srv])
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     print(f"# {srv}: {args.parallel} parallel clients FAILED: {str(exc)[:200]}")
 
@@ -189,6 +204,15 @@ def main() -> int:
             ratio = f"{base / t:.2f}x" if base else "n/a"
             cells.append(f"{args.parallel * mib / t:8.1f} MB/s {ratio:>7}")
         print(f"{'x' + str(args.parallel):7} {1468:>7} {1:>6} | " + " | ".join(cells) + "   (aggregate, wall time)")
+        hpa = par_all.get("tftpd-hpa")
+        for srv, times in par_all.items():
+            agg = sorted(args.parallel * mib / t for t in times)
+            ratio = ""
+            if hpa and srv != "tftpd-hpa":  # ratios of the runs paired in order, min/median/max
+                rs = sorted(h / t for h, t in zip(hpa, times, strict=False))
+                ratio = f"; ratio vs tftpd-hpa min/median/max {rs[0]:.2f}/{statistics.median(rs):.2f}/{rs[-1]:.2f}x"
+            print(f"x{args.parallel} {srv} (workers {args.prov_workers if srv == 'prov' else '-'}): MB/s "
+                  f"min/median/max {agg[0]:.1f}/{statistics.median(agg):.1f}/{agg[-1]:.1f}{ratio}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

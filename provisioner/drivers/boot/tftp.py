@@ -93,6 +93,8 @@ class TftpServer:
         # no SO_REUSEADDR: for UDP it would let a second server bind the same port silently
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        if cfg.reuse_port:  # only between sockets that all ask for it: a plain server still blocks us
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             self.sock.bind(info[4])
         except OSError as exc:

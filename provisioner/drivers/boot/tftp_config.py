@@ -80,4 +80,8 @@ class TftpConfig:
     hook_workers: int = 4
     hook_deadline: float = 3.0
     on_transfer: Callable[[TransferRecord], None] | None = None
+    # SO_REUSEPORT on the listening port: several server processes share it, the kernel spreading
+    # requests over them by a hash of the client's address and port (issue 14: TFTP at 64 clients).
+    # Each process keeps its own caps, so a client address may hold max_per_client in each.
+    reuse_port: bool = False
     extra: dict[str, str] = field(default_factory=dict)
