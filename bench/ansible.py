@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from provisioner import states as S  # noqa: E402
 from provisioner.conductor import configure  # noqa: E402
+from provisioner.conductor import engine as workflows  # noqa: E402
 from provisioner.conductor.inventory import build_inventory  # noqa: E402
-from provisioner.conductor.tasks import get_runner, reset_runner  # noqa: E402
 from provisioner.db import get_engine  # noqa: E402
 from provisioner.drivers.config import ansible  # noqa: E402
 from provisioner.models import Host, Task  # noqa: E402
@@ -48,7 +48,7 @@ def prov_run(settings: Settings, names: list[str], playbooks: list[str], engine:
         task = configure.submit(s, hosts, configure.ConfigureRequest(playbooks=playbooks, engine=engine),
                                 settings=settings)
     assert task.id is not None
-    get_runner(settings).wait(task.id)
+    workflows.wait(task.id)
     dt = time.monotonic() - t0
     with Session(get_engine(settings)) as s:
         done = s.get(Task, task.id)
@@ -108,7 +108,7 @@ def main() -> None:
                             log_json=False)
         settings.ensure_dirs()
         SQLModel.metadata.create_all(get_engine(settings))
-        reset_runner()
+        workflows.stop()
         with Session(get_engine(settings)) as s:
             for name, h in zip(names, lab.hosts, strict=True):
                 s.add(Host(name=name, ip_address=h.address, state=S.AVAILABLE, bmc_kind="manual"))
@@ -134,7 +134,7 @@ def main() -> None:
               f"plain ansible-playbook {mp:.1f} s (runs {[round(x, 1) for x in plain]})")
         print(f"overhead prov/plain = {mo / mp:.2f}   (target <= 1.1)")
     finally:
-        reset_runner()
+        workflows.stop()
         lab.down()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

@@ -40,7 +40,7 @@ POOL_TIMEOUT_S = 5.0
 # Parked requests can therefore never take every connection, and a waiting thread only waits for
 # holders that are running.
 API_THREADS = 40  # anyio's default thread limiter: FastAPI's sync routes and dependencies run there
-TASK_THREADS = 32  # conductor/tasks.TaskRunner's default workers
+TASK_THREADS = 32  # the engine's tasks queue: task_concurrency per conductor (conductor/engine.py)
 # SQLite connections are cheap (a file handle and a page cache, no server process): enough for
 # every request the threads can keep busy, and the pool's bound never decides anything.
 SQLITE_REQUEST_SESSIONS = 2 * API_THREADS

@@ -143,6 +143,15 @@ class Settings(BaseSettings):
     virt_pool: str = "prov"
     virt_pool_dir: str = "/var/lib/libvirt/images/prov"
 
+    # Workflow engine (DBOS Transact, conductor/engine.py)
+    executor_id: str | None = None  # default hostname:pid:random; a fixed one resumes its own work on restart
+    engine_poll_s: float = 0.1  # queue polling: a queued task starts within this; 0.1 s ~ 10 small reads/s
+    install_concurrency: int = 256  # installs in flight across every conductor (install queue's cap)
+    task_concurrency: int = 32  # other tasks in flight per conductor (the old runner's 32 threads)
+    # Take over every other executor's pending workflows at start: None = on SQLite (one process by
+    # construction), not on PostgreSQL, where a membership check must first prove an executor dead.
+    engine_takeover_on_start: bool | None = None
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -7,8 +7,8 @@ then starts what its roles need (``settings.role_set``; no ``--role``: all of th
 
 * api: nothing else: it serves the API. It runs no periodic job and no boot service; once
   the workflow engine lands, task submission only enqueues (the api role never runs a workflow);
-* conductor: the timeout checker, TaskRunner.recover() (tasks cut off by a previous controller),
-  power sync and the GitOps drift check;
+* conductor: the timeout checker, the workflow engine (conductor/engine: DBOS, executor id =
+  the member id; it resumes what this executor left), power sync and the GitOps drift check;
 * boot: DHCP / TFTP / HTTP boot for ``settings.boot_networks`` (conductor/boot_service.py).
 
 The template check runs in every process with the api or conductor role (both render).
@@ -25,8 +25,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from provisioner import cluster, templates_catalog
-from provisioner.conductor import boot_service, drift_check, power_sync, tasks, timeouts
-from provisioner.conductor import install as install_workflow
+from provisioner.conductor import boot_service, drift_check, engine, power_sync, timeouts
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,16 +48,12 @@ SERVICE_ROLES: dict[str, frozenset[str]] = {
 }
 
 
-def _conductor_start(settings: Settings) -> list[Stop]:
+def _conductor_start(settings: Settings, executor: str | None = None) -> list[Stop]:
     stops: list[Stop] = [timeouts.start(settings)]
     try:
-        # install registers its resumer on import: a cut-off install continues from its step.
-        assert "install" in tasks.RESUMERS, install_workflow.__name__
-        recovered = tasks.get_runner(settings).recover()
-        if recovered:
-            log.warning("recovered %d task(s) left by a previous controller: %s", len(recovered), recovered)
+        stops.append(engine.start(settings, executor=executor))
     except Exception:
-        log.exception("task recovery failed")
+        log.exception("the workflow engine failed to start")
     return stops
 
 
@@ -71,7 +66,7 @@ def start_services(settings: Settings, roles: Iterable[str] | None = None) -> li
     # services wind down, and "stopped" once nothing of it runs.
     stops: list[Stop] = [lambda: cluster.leave(membership)]
     if CONDUCTOR in wanted:
-        stops += _conductor_start(settings)
+        stops += _conductor_start(settings, membership.member_id)
     for name, start in SERVICES:
         if not SERVICE_ROLES.get(name, wanted) & wanted:
             continue
@@ -92,7 +87,6 @@ def stop_services(stops: list[Stop]) -> None:
             stop()
         except Exception:
             log.exception("stopping a service failed")
-    tasks.reset_runner()
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -23,8 +23,9 @@ from sqlmodel import Session
 
 from provisioner import lifecycle
 from provisioner import states as S
+from provisioner.conductor import engine as workflows
 from provisioner.conductor.inventory import build_inventory
-from provisioner.conductor.tasks import TaskCancelled, TaskContext, get_runner
+from provisioner.conductor.tasks import TaskCancelled, TaskContext
 from provisioner.drivers.config import ansible
 from provisioner.drivers.config.base import FAILED, SKIPPED, UNREACHABLE, ConfigInterface, RunEvent, RunResult, RunSpec
 from provisioner.errors import ConfigRunError, Conflict, InvalidInput, ProvError
@@ -101,8 +102,8 @@ def submit(
         "actor": actor,
     }
     host_id = hosts[0].id if len(hosts) == 1 else None
-    return get_runner(settings).submit(KIND, run_configure, host_id=host_id, rack_id=rack_id, params=params,
-                                       session=session)
+    return workflows.submit(KIND, host_id=host_id, rack_id=rack_id, params=params, session=session,
+                            settings=settings)
 
 
 def run_configure(ctx: TaskContext) -> dict[str, Any]:
@@ -257,3 +258,7 @@ def _finish_hosts(
             except Conflict as exc:  # an operator moved it in the meantime; the task result still says why
                 log.warning("configure task %s: could not move %s: %s", ctx.task_id, host.name, exc.message)
     return failed
+
+
+# not exclusive: the hosts' lifecycle compare-and-set (configuring) already excludes a second one
+workflows.register(KIND, run_configure)

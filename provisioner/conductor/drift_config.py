@@ -22,8 +22,9 @@ from sqlmodel import Session, col, select
 
 from provisioner import states as S
 from provisioner.conductor import applied
+from provisioner.conductor import engine as workflows
 from provisioner.conductor.inventory import build_inventory
-from provisioner.conductor.tasks import TaskContext, get_runner
+from provisioner.conductor.tasks import TaskContext
 from provisioner.drivers.config import ansible
 from provisioner.errors import ConfigRunError, InvalidInput, ProvError
 from provisioner.gitops import drift as drift_mod
@@ -80,8 +81,8 @@ def submit(session: Session, *, hosts: list[str] | None = None, actor: str = "sy
     """Check the request now (nothing applied, unknown hosts: 400) and start the background task."""
     settings = settings or get_settings()
     targets(session, hosts)
-    return get_runner(settings).submit(KIND, run_check, params={"hosts": hosts or [], "actor": actor},
-                                       session=session)
+    return workflows.submit(KIND, params={"hosts": hosts or [], "actor": actor}, settings=settings,
+                            session=session)
 
 
 def _detail(tasks: list[str]) -> str:
@@ -165,3 +166,6 @@ def run_check(ctx: TaskContext) -> dict[str, Any]:
     summary = {"checked": sorted(results), "not_active": [n for n in names if n not in results],
                "drift": drift, "hosts": results}
     return summary
+
+
+workflows.register(KIND, run_check)

@@ -16,10 +16,10 @@ guest's name in every message.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-from provisioner.conductor.tasks import TaskCancelled, TaskContext, get_runner
+from provisioner.conductor import engine
+from provisioner.conductor.tasks import TaskCancelled, TaskContext
 from provisioner.conductor.virt import LOCAL, KvmHost, connect, kvm_host, open_uri
 from provisioner.drivers.virt.base import CREATE_STEPS
 from provisioner.drivers.virt.preflight import VirtReport
@@ -115,13 +115,17 @@ def submit_create(settings: Settings, host: str, spec: GuestSpec, *, start: bool
     shown = {**spec.model_dump(mode="json", exclude={"seed"}), "seed": spec.seed is not None}
     params = {"host": target.name, "uri": target.uri, "guest": spec.name, "spec": shown, "start": start,
               "actor": actor, "verdict": report.overall, "warnings": planned["warnings"]}
-    return get_runner(settings).submit(KIND_CREATE, partial(run_create, spec=spec, report=report),
-                                       host_id=target.host_id, params=params)
+    # The whole spec (seed included) and the verdict travel as the workflow's private input,
+    # encrypted with the controller's key (engine.submit), not in the task's public params.
+    private = {"spec": spec.model_dump(mode="json"), "report": report.to_dict()}
+    return engine.submit(KIND_CREATE, host_id=target.host_id, params=params, private=private, settings=settings)
 
 
-def run_create(ctx: TaskContext, *, spec: GuestSpec, report: VirtReport) -> dict[str, Any]:
+def run_create(ctx: TaskContext) -> dict[str, Any]:
     """The body of a ``guest-create`` task (see ``submit_create``)."""
     p = ctx.params
+    spec = GuestSpec.model_validate(ctx.private["spec"])
+    report = VirtReport.from_dict(ctx.private["report"])
     name, where = spec.name, _where(str(p["host"]))
     _history(ctx, f"guest {name}: create requested on {where} ({spec.virt_type}, {spec.memory_mib} MiB, "
                   f"{spec.vcpus} vCPU; verdict {report.overall})", event="guest-create", actor=str(p["actor"]))
@@ -157,7 +161,7 @@ def submit_delete(settings: Settings, host: str, name: str, *, volumes: bool = T
     with connect(settings, target) as conn:
         conn.state(name)  # NotFound when there is no such guest
     params = {"host": target.name, "uri": target.uri, "guest": name, "volumes": volumes, "actor": actor}
-    return get_runner(settings).submit(KIND_DELETE, run_delete, host_id=target.host_id, params=params)
+    return engine.submit(KIND_DELETE, host_id=target.host_id, params=params, settings=settings)
 
 
 def run_delete(ctx: TaskContext) -> dict[str, Any]:
@@ -201,3 +205,7 @@ def _history(ctx: TaskContext, message: str, *, event: str, actor: str = ACTOR) 
             return
         s.add(Event(host_id=ctx.host_id, event=event, message=mask(message), actor=actor, task_id=ctx.task_id))
         s.commit()
+
+
+engine.register(KIND_CREATE, run_create)
+engine.register(KIND_DELETE, run_delete)

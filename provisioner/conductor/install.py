@@ -5,10 +5,10 @@ DHCP reservation synced) → power on → wait for the installer's callbacks →
 boot device disk → power on if the installer left the host off → wait for SSH
 (host key recorded) → configuration playbooks (if the profile has them) → active.
 
-Each step is written to ``task.step`` before it runs, so a controller that is
-killed resumes the install in the step it was in (``RESUMERS["install"]``); every
-step is idempotent for that reason. Waits are bounded by the host's state
-deadline (lifecycle.deadline_seconds), enforced by the timeout checker, so no
+Each step is a checkpointed step of the install's DBOS workflow (conductor/engine.py),
+and written to ``task.step`` for display: a conductor that is killed (or taken over)
+resumes the install in the step it was in; every step is idempotent for that reason.
+Waits are bounded by the host's state deadline (lifecycle.deadline_seconds), enforced by the timeout checker, so no
 host waits forever. Two install requests for one host: ``lifecycle.advance``'s
 compare-and-set lets exactly one through, the other gets 409.
 """
@@ -27,9 +27,9 @@ from sqlmodel import Session
 from provisioner import crud, lifecycle, netspec
 from provisioner import metrics as prov_metrics
 from provisioner import states as S
-from provisioner.conductor import install_tokens
+from provisioner.conductor import engine, install_tokens
 from provisioner.conductor import power as power_svc
-from provisioner.conductor.tasks import RESUMERS, TaskCancelled, TaskContext, get_runner, retry_transient
+from provisioner.conductor.tasks import Fenced, TaskCancelled, TaskContext, retry_transient
 from provisioner.drivers.power.base import BootDevice, BootSetting, PowerAction, PowerState
 from provisioner.errors import Conflict, DriverError, InvalidInput, ProvError
 from provisioner.models import Host, Profile, Task, utcnow
@@ -127,7 +127,14 @@ def start(session: Session, ident: str | int, req: InstallRequest, *, actor: str
                               "playbooks": req.playbooks, "engine": req.engine,
                               # where the installed OS answers SSH (profiles of test rigs may move it)
                               "ssh_port": int((profile.params or {}).get("ssh_port", SSH_PORT))}
-    return get_runner(settings).submit("install", run, host_id=host.id, params=params, session=session)
+    try:
+        return engine.submit("install", host_id=host.id, params=params, session=session, settings=settings)
+    except Conflict as exc:
+        # another workflow of this host is still finishing (deduplication): the host must not stay
+        # installing with nothing driving it
+        lifecycle.advance(session, host, S.FAIL, message=f"install not started: {exc.message}", actor=actor,
+                          settings=settings)
+        raise
 
 
 # --------------------------------------------------------------------------- the workflow
@@ -167,18 +174,6 @@ def _fail(ctx: TaskContext, reason: str) -> None:
     raise InstallFailed(reason=reason)
 
 
-def _current_step(ctx: TaskContext) -> str:
-    with ctx.session() as s:
-        task = s.get(Task, ctx.task_id)
-        return task.step if task and task.step in STEPS else STEPS[0]
-
-
-def _persisted_step(ctx: TaskContext) -> str:
-    with ctx.session() as s:
-        task = s.get(Task, ctx.task_id)
-        return task.step if task else ""
-
-
 # Steps that power the machine on relying on the boot device set by the step
 # before them: resumed after a restart, that boot device is set again first.
 # power-on: a BMC forgets a one-time PXE override when no restart follows
@@ -192,9 +187,11 @@ _REDO_ON_RESUME = {"power-on": "boot-pxe", "first-boot": "boot-disk"}
 
 
 def run(ctx: TaskContext) -> dict[str, Any]:
-    """Run (or resume) the install from the persisted step; counted in prov_installs_total."""
+    """Run (or resume) the install; counted in prov_installs_total."""
     try:
         result = _run(ctx)
+    except Fenced:
+        raise  # another conductor carries on with this install: not an outcome
     except Exception as exc:
         prov_metrics.INSTALLS.labels("failed" if isinstance(exc, InstallFailed) else "error").inc()
         raise
@@ -203,38 +200,49 @@ def run(ctx: TaskContext) -> dict[str, Any]:
 
 
 def _run(ctx: TaskContext) -> dict[str, Any]:
-    current = _current_step(ctx)
-    plan = list(STEPS[STEPS.index(current):])
+    """Every step is a DBOS step: a re-executed workflow (crash, take-over) skips the steps it
+    recorded and runs the first unfinished one live, which is where it says it resumed."""
+    actor = str(ctx.params.get("actor") or "conductor:install")
+    for step in STEPS:
+        try:
+            engine.run_step(f"install.{step}", lambda step=step: _live_step(ctx, step, actor))  # type: ignore[misc]
+        except engine.StepFailed as exc:
+            raise InstallFailed(reason=exc.message) from None
+    host = _host(ctx)
+    return {"state": host.state, "ssh_host_key": bool(host.ssh_host_key)}
+
+
+def _live_step(ctx: TaskContext, step: str, actor: str) -> None:
     redo = None
-    if _persisted_step(ctx):
-        # A new task starts with no step; a persisted one means a controller died mid-install
-        # and TaskRunner.recover() handed the task back: say so where the operator looks.
-        redo = _REDO_ON_RESUME.get(current)
-        ctx.history(f"install resumed at step {current} after a controller restart"
+    if ctx.resumed and not ctx.announced:
+        # The first step this execution runs of an install another execution began: a conductor
+        # died (or was taken over) in it. Say so where the operator looks.
+        ctx.announced = True
+        redo = _REDO_ON_RESUME.get(step)
+        ctx.history(f"install resumed at step {step} after a controller restart"
                     + (f" ({redo} is done again first: the boot device may not have survived the outage)"
                        if redo else ""),
                     event="install-resumed", actor="conductor:install")
-    actor = str(ctx.params.get("actor") or "conductor:install")
-    for step in ([redo] if redo else []) + plan:
-        try:
-            if step != redo:  # the persisted step stays where the install really is
-                ctx.progress(_PROGRESS[step], step=step)
-            started = time.monotonic()
-            _STEP_FNS[step](ctx, actor)
-            prov_metrics.INSTALL_PHASE.labels(step).observe(time.monotonic() - started)
-        except InstallFailed:
-            raise
-        except TaskCancelled:
-            # An operator's abort (or a task cancel) is seen at the next heartbeat: clean up
-            # like any failure (token, netboot) and keep the operator's reason, not "cancelled".
-            host = _host(ctx)
-            # aborted: the abort's message is the host's last error; else the task itself was cancelled
-            reason = host.last_error if host.state == S.INSTALL_FAILED else "the install task was cancelled"
-            _fail(ctx, f"install aborted at step {step}: {reason or 'no reason given'}")
-        except ProvError as exc:
-            _fail(ctx, f"step {step} failed: {exc.message}")
-    host = _host(ctx)
-    return {"state": host.state, "ssh_host_key": bool(host.ssh_host_key)}
+    current = redo or step
+    try:
+        if redo:  # the persisted step stays where the install really is
+            _STEP_FNS[redo](ctx, actor)
+            current = step
+        ctx.progress(_PROGRESS[step], step=step)
+        started = time.monotonic()
+        _STEP_FNS[step](ctx, actor)
+        prov_metrics.INSTALL_PHASE.labels(step).observe(time.monotonic() - started)
+    except (InstallFailed, Fenced):
+        raise
+    except TaskCancelled:
+        # An operator's abort (or a task cancel) is seen at the next heartbeat: clean up
+        # like any failure (token, netboot) and keep the operator's reason, not "cancelled".
+        host = _host(ctx)
+        # aborted: the abort's message is the host's last error; else the task itself was cancelled
+        reason = host.last_error if host.state == S.INSTALL_FAILED else "the install task was cancelled"
+        _fail(ctx, f"install aborted at step {current}: {reason or 'no reason given'}")
+    except ProvError as exc:
+        _fail(ctx, f"step {current} failed: {exc.message}")
 
 
 def _step_power_off(ctx: TaskContext, actor: str) -> None:
@@ -397,7 +405,7 @@ _STEP_FNS = {
     "done": _step_done,
 }
 
-RESUMERS["install"] = run
+engine.register("install", run, queue=engine.INSTALL_QUEUE, exclusive=True, resumable=True)
 
 
 def retry(session: Session, ident: str | int, *, actor: str = "system", settings: Settings | None = None) -> Task:

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from provisioner import lifecycle
 from provisioner import states as S
-from provisioner.conductor import install_tokens, power
+from provisioner.conductor import engine, install_tokens, power
 from provisioner.conductor.boot_service import notify_hosts_changed
 from provisioner.db import session_scope
 from provisioner.drivers.power.base import BootDevice
@@ -158,12 +158,18 @@ def _after_done(host: Host, settings: Settings) -> None:
     with session_scope(settings) as session:
         if _install_task(session, host_id) is not None:
             return
-    from provisioner.conductor.tasks import get_runner
-
-    def run(_ctx: Any) -> dict[str, Any]:
-        return {"boot_device_set": set_disk_boot(host_id, settings)}
-
     try:
-        get_runner(settings).submit("boot-device", run, host_id=host_id, params={"device": "disk"})
+        engine.submit(BOOT_DEVICE_KIND, host_id=host_id, params={"device": "disk"}, settings=settings)
     except Exception as exc:
         _record(host_id, "boot-device-failed", f"could not queue the boot-device change: {exc}", settings)
+
+
+BOOT_DEVICE_KIND = "boot-device"
+
+
+def run_boot_device(ctx: Any) -> dict[str, Any]:
+    """The ``boot-device`` task: the host boots from disk from now on (see _after_done)."""
+    return {"boot_device_set": set_disk_boot(ctx.host_id or 0, ctx.settings)}
+
+
+engine.register(BOOT_DEVICE_KIND, run_boot_device)

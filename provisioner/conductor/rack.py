@@ -14,12 +14,15 @@ from sqlmodel import Session
 
 from provisioner import crud
 from provisioner import states as S
-from provisioner.conductor import install
-from provisioner.conductor.tasks import TaskContext, get_runner
+from provisioner.conductor import engine, install
+from provisioner.conductor.tasks import TaskContext
 from provisioner.errors import InvalidInput, ProvError
 from provisioner.models import Host, Task
 from provisioner.settings import Settings, get_settings
 
+KIND = "rack-provision"
+# Not DBOS.sleep: each durable sleep is a checkpoint row, one a second for a rack's whole install;
+# this loop is not resumable (a restarted rack task is failed, its installs resume by themselves).
 POLL = 1.0
 _INSTALLABLE = {S.AVAILABLE, S.INSTALL_FAILED, S.CONFIGURE_FAILED}
 
@@ -40,7 +43,7 @@ def start(session: Session, rack_ident: str | int, *, roles: list[str] | None = 
                for h in hosts if h.state not in wanted}
     params = {"hosts": selected, "skipped": skipped, "concurrency": concurrency, "profile": profile,
               "configure": configure, "actor": actor}
-    return get_runner(settings).submit("rack-provision", run, rack_id=rack.id, params=params, session=session)
+    return engine.submit(KIND, rack_id=rack.id, params=params, session=session, settings=settings)
 
 
 def run(ctx: TaskContext) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
                      result={"hosts": list(rows.values())})
         if ctx.cancelled:
             for name, tid in running.items():
-                get_runner(ctx.settings).cancel(tid)
+                engine.cancel(tid, ctx.settings)
                 rows[name].update(phase="cancelled", ok=False)
             break
     failed = [r["host"] for r in rows.values() if r.get("ok") is False]
@@ -97,3 +100,6 @@ def run(ctx: TaskContext) -> dict[str, Any]:
 def host_rows(session: Session, rack_id: int) -> list[dict[str, Any]]:
     return [{"host": h.name, "state": h.state} for h in crud.rack_hosts(session, rack_id=rack_id)
             if isinstance(h, Host)]
+
+
+engine.register(KIND, run)

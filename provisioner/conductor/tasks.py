@@ -1,39 +1,36 @@
-"""Background tasks: persisted in the ``task`` table, run on a thread pool.
+"""What a task's runner gets (TaskContext), and the errors that end a task early.
 
-Every long action (power on a rack, install, configure) is a Task row. The row
-is written before the work starts and after each step, so a controller that
-is killed can tell, on restart, which tasks were cut off (``recover()``): they
-are failed with a clear reason (or resumed by their workflow, which owns that
-decision) instead of staying "running" forever.
+Every long action (power on a rack, install, configure) is a Task row, our domain view that
+the API and CLI read; the engine (conductor/engine.py, DBOS workflows) runs it. The row is
+written before the work starts and after each step. Writes of progress, step and result are a
+compare-and-set on ``Task.owner``: a conductor whose task was taken over by another one finds
+0 rows and stops (``Fenced``), so one host's step never runs on two conductors at once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from provisioner import states as S
 from provisioner.db import get_engine
 from provisioner.errors import ProvError
 from provisioner.models import Event, Task, utcnow
 from provisioner.secret_store import mask
-from provisioner.settings import Settings, get_settings
+from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
 
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
+# Set in Task.result by a cancel request (any process); the runner's next progress() sees it.
+CANCEL_KEY = "cancel_requested"
 
 Runner = Callable[["TaskContext"], dict[str, Any] | None]
 
@@ -75,6 +72,14 @@ class TaskCancelled(ProvError):
     template = "task {task_id} was cancelled"
 
 
+class Fenced(ProvError):
+    """This conductor no longer owns the task (another one took it over): stop, write nothing."""
+
+    code = "task_fenced"
+    http_status = 409
+    template = "task {task_id} is now run by {owner}; this conductor ({me}) stops"
+
+
 @dataclass
 class TaskContext:
     """What a task's runner gets: its ids, params, and ways to report progress."""
@@ -85,7 +90,11 @@ class TaskContext:
     rack_id: int | None
     params: dict[str, Any]
     settings: Settings
+    owner: str = ""  # the executor running it: every progress write is a compare-and-set on it
+    resumed: bool = False  # a re-execution after the conductor that began it stopped (crash, take-over)
+    private: dict[str, Any] = field(default_factory=dict, repr=False)  # inputs kept out of Task.params
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    announced: bool = field(default=False, repr=False)  # a resumed workflow said so in the history
     _skipped_beats: int = field(default=0, repr=False)
 
     def session(self) -> Session:
@@ -120,15 +129,25 @@ class TaskContext:
             task = s.get(Task, self.task_id)
             if task is None:
                 return
+            values: dict[str, Any] = {"heartbeat_at": utcnow()}
             if pct is not None:
-                task.progress = max(0, min(100, pct))
+                values["progress"] = max(0, min(100, pct))
             if step is not None:
-                task.step = step
+                values["step"] = step
             if result:
-                task.result = {**(task.result or {}), **result}
-            task.heartbeat_at = utcnow()
-            s.add(task)
-            s.commit()
+                values["result"] = {**(task.result or {}), **result}
+            if (task.result or {}).get(CANCEL_KEY):
+                self.cancel_event.set()
+            self.fenced_update(s, values, owner=task.owner)
+
+    def fenced_update(self, s: Session, values: dict[str, Any], *, owner: str | None = None) -> None:
+        """UPDATE task ... WHERE owner = me, committed; 0 rows: another conductor owns it (Fenced)."""
+        stmt = update(Task).where(Task.id == self.task_id, Task.owner == self.owner).values(**values)  # type: ignore[arg-type]
+        if s.execute(stmt).rowcount == 0:  # type: ignore[attr-defined]
+            s.rollback()
+            current = owner if owner is not None else getattr(s.get(Task, self.task_id), "owner", None)
+            raise Fenced(task_id=self.task_id, owner=current or "?", me=self.owner)
+        s.commit()
 
     def history(
         self, message: str, *, event: str = "note", host_id: int | None = None, actor: str = "conductor"
@@ -144,149 +163,3 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
-
-
-class TaskRunner:
-    def __init__(self, settings: Settings | None = None, workers: int = 32) -> None:
-        self.settings = settings or get_settings()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prov-task")
-        self._cancel: dict[int, threading.Event] = {}
-        self._futures: dict[int, Future[None]] = {}
-        self._lock = threading.Lock()
-
-    def submit(
-        self,
-        kind: str,
-        runner: Runner,
-        *,
-        host_id: int | None = None,
-        rack_id: int | None = None,
-        params: dict[str, Any] | None = None,
-        session: Session | None = None,
-    ) -> Task:
-        task = Task(kind=kind, host_id=host_id, rack_id=rack_id, params=params or {}, owner=OWNER)
-        own = session is None
-        s = session or Session(get_engine(self.settings), expire_on_commit=False)
-        try:
-            s.add(task)
-            s.commit()
-            s.refresh(task)
-        finally:
-            if own:
-                s.close()
-        assert task.id is not None
-        ctx = TaskContext(task.id, kind, host_id, rack_id, dict(params or {}), self.settings)
-        with self._lock:
-            self._cancel[task.id] = ctx.cancel_event
-            self._futures[task.id] = self._pool.submit(self._run, ctx, runner)
-        return task
-
-    def _set(self, task_id: int, **values: Any) -> None:
-        with Session(get_engine(self.settings)) as s:
-            task = s.get(Task, task_id)
-            if task is None:
-                return
-            for k, v in values.items():
-                setattr(task, k, v)
-            s.add(task)
-            s.commit()
-
-    def _run(self, ctx: TaskContext, runner: Runner) -> None:
-        self._set(ctx.task_id, status=S.TASK_RUNNING, started_at=utcnow(), heartbeat_at=utcnow())
-        try:
-            result = runner(ctx)
-        except TaskCancelled:
-            self._set(ctx.task_id, status=S.TASK_CANCELLED, finished_at=utcnow(), error="cancelled")
-        except ProvError as exc:
-            self._set(ctx.task_id, status=S.TASK_FAILED, finished_at=utcnow(), error=mask(exc.message))
-        except Exception as exc:  # a bug must still end the task, with the reason
-            log.error("task %s (%s) crashed: %s", ctx.task_id, ctx.kind, mask(traceback.format_exc()))
-            self._set(ctx.task_id, status=S.TASK_FAILED, finished_at=utcnow(),
-                      error=mask(f"internal error: {exc.__class__.__name__}: {exc}"))
-        else:
-            values: dict[str, Any] = {"status": S.TASK_SUCCEEDED, "finished_at": utcnow(), "progress": 100}
-            if result:
-                with Session(get_engine(self.settings)) as s:
-                    task = s.get(Task, ctx.task_id)
-                    values["result"] = {**((task.result if task else None) or {}), **result}
-            self._set(ctx.task_id, **values)
-        finally:
-            with self._lock:
-                self._cancel.pop(ctx.task_id, None)
-                self._futures.pop(ctx.task_id, None)
-
-    def cancel(self, task_id: int) -> bool:
-        with self._lock:
-            ev = self._cancel.get(task_id)
-        if ev is None:
-            return False
-        ev.set()
-        return True
-
-    def wait(self, task_id: int, timeout: float | None = None) -> None:
-        with self._lock:
-            fut = self._futures.get(task_id)
-        if fut is not None:
-            fut.result(timeout=timeout)
-
-    def shutdown(self, wait: bool = True) -> None:
-        for ev in list(self._cancel.values()):
-            ev.set()
-        self._pool.shutdown(wait=wait, cancel_futures=True)
-
-    def recover(self) -> list[int]:
-        """At start-up: tasks left pending/running by a dead controller are failed with a reason.
-
-        Workflows that can resume (install) register a resumer in RESUMERS; those
-        tasks are handed to it instead.
-        """
-        recovered: list[int] = []
-        with Session(get_engine(self.settings)) as s:
-            stale = s.exec(select(Task).where(Task.status.in_([S.TASK_PENDING, S.TASK_RUNNING]))).all()  # type: ignore[attr-defined]
-            for task in stale:
-                if task.owner == OWNER:
-                    continue
-                resumer = RESUMERS.get(task.kind)
-                if resumer is not None and task.id is not None:
-                    recovered.append(task.id)
-                    ctx = TaskContext(task.id, task.kind, task.host_id, task.rack_id, dict(task.params),
-                                      self.settings)
-                    task.owner = OWNER
-                    s.add(task)
-                    s.commit()
-                    with self._lock:
-                        self._cancel[task.id] = ctx.cancel_event
-                        self._futures[task.id] = self._pool.submit(self._run, ctx, resumer)
-                    continue
-                task.status = S.TASK_FAILED
-                task.error = f"controller {task.owner} stopped while this task was {task.step or 'running'}"
-                task.finished_at = utcnow()
-                s.add(task)
-                s.commit()
-                if task.id is not None:
-                    recovered.append(task.id)
-        return recovered
-
-
-# kind -> runner that continues a task from its persisted ``step`` after a restart.
-RESUMERS: dict[str, Runner] = {}
-
-_runner: TaskRunner | None = None
-_runner_lock = threading.Lock()
-
-
-def get_runner(settings: Settings | None = None) -> TaskRunner:
-    global _runner
-    with _runner_lock:
-        if _runner is None:
-            _runner = TaskRunner(settings)
-        return _runner
-
-
-def reset_runner() -> None:
-    """For tests and shutdown."""
-    global _runner
-    with _runner_lock:
-        if _runner is not None:
-            _runner.shutdown(wait=False)
-        _runner = None

@@ -20,7 +20,7 @@ from provisioner.api.deps import ActorDep, SessionDep, SettingsDep
 from provisioner.api.etags import IfMatch, IfNoneMatch
 from provisioner.api.pagination import Limit, Offset
 from provisioner.api.responses import json_response
-from provisioner.conductor import tasks
+from provisioner.conductor import engine
 from provisioner.errors import Conflict, InvalidInput, InvalidTransition
 from provisioner.models import Host
 from provisioner.schemas import HOST_SORT_KEYS, HostCreate, HostPublic, HostUpdate, Page, TransitionRequest
@@ -114,10 +114,9 @@ def transition(host: str, body: TransitionRequest, session: SessionDep, actor: A
         ) from exc
     if body.event == S.ABORT and row.id is not None:
         # The phase is over for the state machine; tell its running task to stop at its next step.
-        runner = tasks.get_runner(settings)
         active, _ = crud.list_tasks(session, host_id=row.id, status=S.TASK_RUNNING, limit=100)
         pending, _ = crud.list_tasks(session, host_id=row.id, status=S.TASK_PENDING, limit=100)
         for task in active + pending:
             if task.id is not None:
-                runner.cancel(task.id)
+                engine.cancel(task.id, settings)
     return etags.tagged_json(crud.host_public_dict(session, row))

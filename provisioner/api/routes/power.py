@@ -9,7 +9,6 @@ results directly.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,8 +17,9 @@ from pydantic import BaseModel, Field
 from provisioner.api.deps import ActorDep, SettingsDep
 from provisioner.api.offload import run_network_io
 from provisioner.conductor import power as power_service
-from provisioner.conductor.tasks import TaskContext, get_runner
+from provisioner.conductor import rack_power
 from provisioner.conductor.verify import verify_host
+from provisioner.models import Task
 from provisioner.states import BootDevice, PowerAction
 
 router = APIRouter(tags=["power"])
@@ -81,9 +81,7 @@ class RackTaskOut(BaseModel):
     status: str
 
 
-def _summary(results: list[power_service.PowerResult]) -> dict[str, Any]:
-    rows = [r.to_dict() for r in results]
-    return {"results": rows, "count": len(rows), "failed": sum(1 for r in results if not r.ok)}
+_summary = rack_power.summary
 
 
 # The routes below wait on BMCs: async, no request-scoped session (the power service reads and
@@ -119,24 +117,7 @@ async def post_host_verify(host: str, settings: SettingsDep, actor: ActorDep) ->
             else None, "power_state": done.power_state}
 
 
-def _rack_task(rack_id: int, kind: str, fn: Any, settings: Any, params: dict[str, Any]) -> dict[str, Any]:
-    def run(ctx: TaskContext) -> dict[str, Any]:
-        last = {"pct": -1}
-        lock = threading.Lock()
-
-        def progress(n: int, total: int, _r: power_service.PowerResult) -> None:
-            pct = int(100 * n / total)
-            with lock:  # one row write per percent, not per host (1,000 hosts)
-                if pct == last["pct"] and n != total:
-                    return
-                last["pct"] = pct
-                ctx.progress(pct, step=f"{n}/{total}")
-
-        results = fn(progress=progress, task_id=ctx.task_id)
-        summary = _summary(results)
-        return summary
-
-    task = get_runner(settings).submit(kind, run, rack_id=rack_id, params=params)
+def _rack_task(task: Task) -> dict[str, Any]:
     return {"task_id": task.id, "status": task.status}
 
 
@@ -162,8 +143,8 @@ def _post_rack_power(rack: str, body: RackPowerRequest, settings: SettingsDep, a
                                                task_id=task_id, progress=progress)
 
     if body.background:
-        return {"rack": name, **_rack_task(rid, "rack-power", fn, settings,
-                                           {"action": body.action.value, "wait": body.wait})}
+        return {"rack": name, **_rack_task(rack_power.submit_power(rid, body.action, wait=body.wait, actor=actor,
+                                                                   settings=settings))}
     return {"rack": name, **_summary(fn())}
 
 
@@ -183,7 +164,6 @@ def _put_rack_boot_device(rack: str, body: RackBootDeviceRequest, settings: Sett
                                                   progress=progress)
 
     if body.background:
-        return {"rack": name, **_rack_task(rid, "rack-boot-device", fn, settings,
-                                           {"device": body.device.value, "persistent": body.persistent,
-                                            "uefi": body.uefi})}
+        return {"rack": name, **_rack_task(rack_power.submit_boot_device(rid, setting, actor=actor,
+                                                                         settings=settings))}
     return {"rack": name, **_summary(fn())}

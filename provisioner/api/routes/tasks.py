@@ -8,7 +8,7 @@ from provisioner import crud
 from provisioner import states as S
 from provisioner.api.deps import SessionDep, SettingsDep
 from provisioner.api.pagination import Limit, Offset, RowId
-from provisioner.conductor.tasks import get_runner
+from provisioner.conductor import engine
 from provisioner.errors import Conflict
 from provisioner.schemas import Page, TaskPublic
 
@@ -37,8 +37,8 @@ def cancel_task(task_id: RowId, session: SessionDep, settings: SettingsDep) -> T
     task = crud.get_task(session, task_id)
     if task.status in S.TASK_DONE:
         raise Conflict(reason=f"task {task_id} already {task.status}", current_state=task.status)
-    if not get_runner(settings).cancel(task_id):
-        raise Conflict(reason=f"task {task_id} is not running on this controller (owner {task.owner or '?'})",
-                       current_state=task.status)
+    if not engine.cancel(task_id, settings):  # any conductor's task: the flag is in the row
+        session.refresh(task)
+        raise Conflict(reason=f"task {task_id} already {task.status}", current_state=task.status)
     session.refresh(task)
     return TaskPublic.model_validate(task)

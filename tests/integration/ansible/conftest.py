@@ -23,7 +23,7 @@ import pytest
 from sqlmodel import Session
 
 from provisioner import states as S
-from provisioner.conductor.tasks import reset_runner
+from provisioner.conductor import engine
 from provisioner.db import get_engine
 from provisioner.models import Host, Rack
 from tests.support import nshost
@@ -88,14 +88,14 @@ class Api:
 
 @pytest.fixture(scope="session")
 def prov_api(ansible_lab: nshost.Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    reset_runner()
+    engine.stop()
     with start_inprocess_server(tmp_path_factory.mktemp("prov-data")) as server:
         server.settings.ansible_ssh_key = ansible_lab.key
         server.settings.ansible_user = nshost.ADMIN_USER
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"},
                           timeout=30) as http:
             yield Api(server, http)
-    reset_runner()
+    engine.stop()
 
 
 def ssh(address: str, key: Path, user: str, command: str, *, password: str | None = None,

@@ -269,11 +269,19 @@ def test_list_items_are_host_public(client) -> None:  # type: ignore[no-untyped-
         assert item == client.get(f"/api/v1/hosts/{item['name']}").json()
 
 
-def test_abort_stops_the_running_task(client, settings) -> None:  # type: ignore[no-untyped-def]
+def _slow(ctx):  # type: ignore[no-untyped-def]
     import time
 
+    for _ in range(500):
+        ctx.progress(step="waiting")  # raises TaskCancelled once the abort flagged the task
+        time.sleep(0.01)
+    return {"finished": True}
+
+
+def test_abort_stops_the_running_task(client, settings) -> None:  # type: ignore[no-untyped-def]
+
     from provisioner import crud, lifecycle
-    from provisioner.conductor import tasks
+    from provisioner.conductor import engine
 
     client.post("/api/v1/hosts", json=host_body()).raise_for_status()
     with Session(get_engine(settings)) as s:
@@ -281,19 +289,14 @@ def test_abort_stops_the_running_task(client, settings) -> None:  # type: ignore
             lifecycle.advance(s, crud.get_host(s, "web01"), ev, settings=settings)
         host_id = crud.get_host(s, "web01").id
 
-    def slow(ctx):  # type: ignore[no-untyped-def]
-        for _ in range(500):
-            ctx.progress(step="waiting")
-            time.sleep(0.01)
-        return {"finished": True}
-
-    runner = tasks.get_runner(settings)
+    engine.register("test-slow-install", _slow)
+    engine.start(settings)
     try:
-        task = runner.submit("install", slow, host_id=host_id)
+        task = engine.submit("test-slow-install", host_id=host_id, settings=settings)
         r = client.post("/api/v1/hosts/web01/transition", json={"event": "abort", "message": "wrong disk"})
         assert r.status_code == 200 and r.json()["state"] == "install-failed"
         assert r.json()["last_error"] == "wrong disk"
-        runner.wait(task.id or 0, timeout=10)
+        engine.wait(task.id or 0, timeout=10)
         assert client.get(f"/api/v1/tasks/{task.id}").json()["status"] == "cancelled"
     finally:
-        tasks.reset_runner()
+        engine.stop()

@@ -25,7 +25,7 @@ import pytest
 from sqlmodel import Session, col, select
 
 from provisioner import states as S
-from provisioner.conductor.tasks import reset_runner
+from provisioner.conductor import engine
 from provisioner.db import get_engine
 from provisioner.models import Event, Host, Profile
 from tests.support import nshost
@@ -79,7 +79,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tag = secrets.token_hex(2)
     lab = nshost.Lab.up(tag, [f"d{tag}a"], tmp_path_factory.mktemp("drift-nshosts"),
                         proxy_port=nshost.free_low_port())
-    reset_runner()
+    engine.stop()
     try:
         with start_inprocess_server(tmp_path_factory.mktemp("drift-prov")) as server:
             server.settings.ansible_ssh_key = lab.key
@@ -88,7 +88,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                               timeout=30) as http:
                 yield Rig(lab, server, http)
     finally:
-        reset_runner()
+        engine.stop()
         lab.down()
 
 

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from provisioner import auth
 from provisioner.api.app import create_app
-from provisioner.conductor import tasks
+from provisioner.conductor import engine
 from provisioner.conductor.power import PowerService
 from provisioner.db import get_engine
 from provisioner.errors import ProvError
@@ -68,8 +68,8 @@ class CmdlineScanner:
 
 @pytest.fixture
 def api(settings: Settings, service: PowerService) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    tasks.reset_runner()
-    tasks.get_runner(settings)
+    engine.stop()
+    engine.start(settings)
     app = create_app(settings)
     with Session(get_engine(settings)) as s:
         token = auth.create_token(s, name="secrets-test")
@@ -77,7 +77,7 @@ def api(settings: Settings, service: PowerService) -> Iterator[tuple[TestClient,
     try:
         yield client, {"Authorization": f"Bearer {token}"}
     finally:
-        tasks.reset_runner()
+        engine.stop()
 
 
 def test_password_never_leaks(settings: Settings, api: tuple[TestClient, dict[str, str]],
@@ -121,7 +121,7 @@ def test_password_never_leaks(settings: Settings, api: tuple[TestClient, dict[st
             bodies.append(r.text)
             for key in ("task_id",):
                 if r.status_code == 200 and key in r.json():
-                    tasks.get_runner(settings).wait(r.json()[key], timeout=60)
+                    engine.wait(r.json()[key], timeout=60)
         # a task is visible through the API too
         bodies.append(client.get("/api/v1/tasks", headers=hdr).text)
         # exception messages raised to Python callers

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from provisioner import auth, migrate
-from provisioner.conductor.tasks import reset_runner
+from provisioner.conductor import engine
 from provisioner.db import get_engine
 from provisioner.lab.libvirtd import LibvirtdHandle
 from provisioner.settings import Settings
@@ -35,7 +35,7 @@ def api(infra: LibvirtdHandle, tmp_path: Path) -> Iterator[tuple[TestClient, dic
     migrate.upgrade(settings)
     with Session(get_engine(settings)) as s:
         token = auth.create_token(s, name="virt-it")
-    reset_runner()  # tasks run against this test's database
+    engine.stop()  # tasks run against this test's database
     with TestClient(create_app(settings)) as client:
         yield client, {"Authorization": f"Bearer {token}"}
 

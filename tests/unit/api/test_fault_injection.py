@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlmodel import SQLModel
 
 from provisioner.auth import hash_token
-from provisioner.conductor import tasks
+from provisioner.conductor import engine
 from provisioner.db import get_engine
 from provisioner.models import ApiToken
 from provisioner.settings import Settings
@@ -84,8 +84,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     settings = make_settings(Path(tmp_path_factory.mktemp("fault")) / "data", drift_check_interval=0.0)
     settings.ensure_dirs()
     SQLModel.metadata.create_all(get_engine(settings))
-    tasks.reset_runner()
-    tasks.get_runner(settings)
+    engine.stop()
+    engine.start(settings)
     from sqlmodel import Session
 
     with Session(get_engine(settings)) as db:
@@ -100,7 +100,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             r = client.post(PREFIX + path, json=body, headers=auth)
             assert r.status_code == 201, r.text
         yield Env(client=client, settings=settings, auth=auth)
-    tasks.reset_runner()
+    engine.stop()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sqlmodel import Session, SQLModel, select
 
 from provisioner import crud
 from provisioner import states as S
-from provisioner.conductor import configure, tasks
+from provisioner.conductor import configure, engine
 from provisioner.db import get_engine
 from provisioner.drivers.config.base import HostResult, RunEvent, RunResult, RunSpec
 from provisioner.drivers.config.fake import PUBLIC_KEY, FakeConfig
@@ -33,7 +33,7 @@ class Env:
             hosts = [crud.get_host(s, n) for n in names]
             task = configure.submit(s, hosts, configure.ConfigureRequest(**req), actor="tester", settings=self.settings)
         assert task.id is not None
-        tasks.get_runner(self.settings).wait(task.id, timeout=30)
+        engine.wait(task.id, timeout=30)
         return task
 
     def task(self, task_id: int | None) -> Task:
@@ -61,11 +61,11 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         s.commit()
     fake = FakeConfig()
     monkeypatch.setattr(configure, "driver", fake)
-    tasks.reset_runner()
+    engine.stop()
     try:
         yield Env(settings, fake)
     finally:
-        tasks.reset_runner()
+        engine.stop()
         get_engine(settings).dispose()
 
 
@@ -124,7 +124,7 @@ def test_a_timed_out_run_says_so(env: Env) -> None:
 def test_a_cancelled_run_aborts_its_hosts(env: Env) -> None:
     class CancelledAtStart(FakeConfig):
         def run(self, spec: RunSpec, settings: Settings, **kw: Any) -> RunResult:
-            tasks.get_runner(settings).cancel(int(spec.label.removeprefix("task")))  # the operator, mid-run
+            engine.cancel(int(spec.label.removeprefix("task")))  # the operator, mid-run
             return super().run(spec, settings, **kw)
 
     fake = CancelledAtStart(events=[RunEvent("task_start", "never reported")])

@@ -15,8 +15,8 @@ import pytest
 from sqlmodel import Session, SQLModel, col, select
 
 from provisioner import states as S
-from provisioner.conductor import guests
-from provisioner.conductor.tasks import TaskCancelled, TaskContext, get_runner, reset_runner
+from provisioner.conductor import engine, guests
+from provisioner.conductor.tasks import TaskCancelled, TaskContext
 from provisioner.db import get_engine
 from provisioner.drivers.virt import fake
 from provisioner.drivers.virt import preflight as pf
@@ -33,16 +33,16 @@ KVM1 = "fake:///kvm1"
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
     fake.reset()
-    reset_runner()
+    engine.stop()
     st = Settings(data_dir=tmp_path, log_json=False, virt_uri=f"fake:///local-{uuid.uuid4().hex[:6]}",
                   virt_pool="prov", virt_network="prov-nat", virt_pool_dir=str(tmp_path / "pool"))
     SQLModel.metadata.create_all(get_engine(st))
     with Session(get_engine(st)) as s:
         s.add(Host(name="kvm1", ip_address="10.0.0.5", bmc_kind="manual", bmc_options={"virt_uri": KVM1}))
         s.commit()
-    get_runner(st)
+    engine.start(st)
     yield st
-    reset_runner()
+    engine.stop()
     fake.reset()
 
 
@@ -54,7 +54,7 @@ def spec(name: str = "g1", **kw: Any) -> GuestSpec:
 
 def finished(settings: Settings, task: Task) -> Task:
     assert task.id is not None
-    get_runner(settings).wait(task.id, timeout=30)
+    engine.wait(task.id, timeout=30)
     with Session(get_engine(settings)) as s:
         row = s.get(Task, task.id)
         assert row is not None
@@ -152,25 +152,32 @@ def test_a_failing_step_fails_the_task_and_leaves_nothing(settings: Settings, st
     assert [e for e, _m, _a in history(settings)] == ["guest-create", "guest-create-failed"]
 
 
-def _ctx(settings: Settings, kind: str, params: dict[str, Any], cls: type[TaskContext] = TaskContext) -> TaskContext:
+def _ctx(settings: Settings, kind: str, params: dict[str, Any], cls: type[TaskContext] = TaskContext,
+         private: dict[str, Any] | None = None) -> TaskContext:
     """A task row and its context, to run a task body in the test's own thread."""
     with Session(get_engine(settings)) as s:
         host_id = s.exec(select(Host)).one().id
-        task = Task(kind=kind, host_id=host_id, params=params)
+        task = Task(kind=kind, host_id=host_id, params=params, owner="test")
         s.add(task)
         s.commit()
         s.refresh(task)
     assert task.id is not None
-    return cls(task.id, kind, host_id, None, params, settings)
+    return cls(task.id, kind, host_id, None, params, settings, owner="test", private=private or {})
+
+
+def _create_private(**kw: Any) -> dict[str, Any]:
+    """What guests.submit_create hands the task privately: the whole spec and the verdict."""
+    return {"spec": spec(**kw).model_dump(mode="json"), "report": fake.hardware_report().to_dict()}
 
 
 def test_the_task_checks_again(settings: Settings) -> None:
     """A guest of the same name made between the request and the task: the task fails and makes nothing."""
-    ctx = _ctx(settings, guests.KIND_CREATE, {"host": "kvm1", "uri": KVM1, "actor": "t"})
+    ctx = _ctx(settings, guests.KIND_CREATE, {"host": "kvm1", "uri": KVM1, "actor": "t"},
+               private=_create_private())
     with fake.open_fake(KVM1) as conn:
         conn.create_guest(spec(nics=[{"mac": "52:54:00:aa:00:02"}]))
     with pytest.raises(Conflict, match="already exists"):
-        guests.run_create(ctx, spec=spec(), report=fake.hardware_report())
+        guests.run_create(ctx)
     assert fake.fake_host(KVM1).calls == ["networks and pools g1", "volumes g1", "define domain g1", "start g1"]
     assert [e for e, _m, _a in history(settings)] == ["guest-create", "guest-create-failed"]
     with pytest.raises(Conflict, match="MAC 52:54:00:aa:00:02 is already used"):
@@ -185,9 +192,10 @@ def test_cancel_mid_create_rolls_back(settings: Settings) -> None:
                 self.cancel_event.set()
             super().progress(pct, step, result)
 
-    ctx = _ctx(settings, guests.KIND_CREATE, {"host": "kvm1", "uri": KVM1, "actor": "t"}, CancelAtDefine)
+    ctx = _ctx(settings, guests.KIND_CREATE, {"host": "kvm1", "uri": KVM1, "actor": "t"}, CancelAtDefine,
+               private=_create_private())
     with pytest.raises(TaskCancelled):
-        guests.run_create(ctx, spec=spec(), report=fake.hardware_report())
+        guests.run_create(ctx)
     h = fake.fake_host(KVM1)
     assert h.guests == {} and h.volumes == {} and "define domain g1" not in h.calls
     assert [e for e, _m, _a in history(settings)] == ["guest-create", "guest-create-cancelled"]

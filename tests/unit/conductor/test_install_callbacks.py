@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from sqlmodel import select
 
@@ -119,12 +121,11 @@ def test_done_syncs_dhcp_and_sets_disk_boot_in_background(db, settings, fake_pow
     _mod, calls = fake_power
     submitted = []
 
-    class Runner:
-        def submit(self, kind, fn, **kw):
-            submitted.append((kind, kw))
-            return fn(None)
+    def submit(kind, **kw):
+        submitted.append((kind, kw))
+        return cb.run_boot_device(SimpleNamespace(host_id=kw["host_id"], settings=kw["settings"]))
 
-    monkeypatch.setattr("provisioner.conductor.tasks.get_runner", lambda settings=None: Runner())
+    monkeypatch.setattr("provisioner.conductor.engine.submit", submit)
     host = add_host(db)
     cb.handle(db, host, cb.InstallEvent("done"), settings)
     assert fake_dhcp == [True]
@@ -141,11 +142,10 @@ def test_failures_after_done_are_recorded_not_raised(db, settings, fake_power, m
 
     monkeypatch.setattr("provisioner.conductor.install_callbacks.notify_hosts_changed", notify_hosts_changed)
 
-    class Runner:
-        def submit(self, kind, fn, **kw):
-            return fn(None)
+    def submit(kind, **kw):
+        return cb.run_boot_device(SimpleNamespace(host_id=kw["host_id"], settings=kw["settings"]))
 
-    monkeypatch.setattr("provisioner.conductor.tasks.get_runner", lambda settings=None: Runner())
+    monkeypatch.setattr("provisioner.conductor.engine.submit", submit)
     host = add_host(db)
     cb.handle(db, host, cb.InstallEvent("done"), settings)
     db.expire_all()

@@ -9,15 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from provisioner import migrate
 from provisioner import states as S
-from provisioner.conductor import install, install_callbacks, power, tasks, timeouts
+from provisioner.conductor import engine, install, install_callbacks, power, timeouts
 from provisioner.db import get_engine
 from provisioner.drivers.power.base import BootSetting, PowerAction, PowerInterface, PowerState
 from provisioner.errors import Conflict, InvalidInput
-from provisioner.models import Host, Nic, Profile, Rack, Task, utcnow
+from provisioner.models import Event, Host, Nic, Profile, Rack, Task, utcnow
 from provisioner.settings import Settings
 from tests.support.helpers import banner_sshd
 
@@ -62,7 +62,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     svc.confirm_interval = 0.01
     install.POLL = 0.05
     yield s
-    tasks.reset_runner()
+    engine.stop()
     power.reset_services()
 
 
@@ -194,23 +194,34 @@ def test_callback_that_never_comes_times_out(settings: Settings, ssh_port: int) 
 
 
 def test_killed_controller_resumes_the_step_it_was_in(settings: Settings, ssh_port: int) -> None:
+    """A conductor stops in wait-installer; a second one (another executor id) starts on the same
+    data: it takes the install over (SQLite: at start), resumes in wait-installer, and the first
+    one's loop, still polling in this process, is fenced off the task row."""
     hid = make_host(settings, ssh_port)
-    # What a controller killed while waiting for the installer leaves behind:
-    with Session(get_engine(settings)) as s:
-        h = s.get(Host, hid)
-        assert h is not None
-        h.state = S.INSTALL_WAIT
-        h.netboot = True
-        s.add(h)
-        t = Task(kind="install", host_id=hid, status=S.TASK_RUNNING, step="wait-installer", owner="dead:1",
-                 params={"configure": False, "ssh_port": ssh_port})
-        s.add(t)
-        s.commit()
-        tid = t.id
-    assert tid in tasks.get_runner(settings).recover()
+    engine.start(settings, executor="dead:1")
+    with Session(get_engine(settings), expire_on_commit=False) as s:
+        tid = install.start(s, "node1", install.InstallRequest(), settings=settings).id or 0
+    wait_for(settings, hid, S.INSTALL_WAIT)
+    engine.stop()  # DBOS gone; the old execution keeps polling (a partitioned, not dead, conductor)
+    FakeBmc.calls = []
+    engine.start(settings, executor="alive:2")
+    deadline = time.monotonic() + 10
+    while task_owner(settings, tid) != "alive:2":
+        assert time.monotonic() < deadline, "not taken over"
+        time.sleep(0.05)
     installer_says(settings, hid, "done")
-    t2 = task_of(settings, tid or 0)
+    t2 = task_of(settings, tid)
     assert t2.status == S.TASK_SUCCEEDED, t2.error
+    assert t2.owner == "alive:2"
     wait_for(settings, hid, S.ACTIVE)
     # it did not start over: no second power-off / PXE
     assert "power off" not in FakeBmc.calls and "bootdev pxe" not in FakeBmc.calls
+    with Session(get_engine(settings)) as s:
+        resumed = [e for e in s.exec(select(Event).where(Event.host_id == hid)).all() if e.event == "install-resumed"]
+    assert len(resumed) == 1 and resumed[0].message.startswith("install resumed at step wait-installer")
+
+
+def task_owner(settings: Settings, task_id: int) -> str | None:
+    with Session(get_engine(settings)) as s:
+        t = s.get(Task, task_id)
+        return t.owner if t else None

@@ -12,8 +12,8 @@ from sqlmodel import Session
 
 from provisioner import auth
 from provisioner.api.app import create_app
+from provisioner.conductor import engine
 from provisioner.conductor import power as power_mod
-from provisioner.conductor import tasks
 from provisioner.conductor.power import PowerService
 from provisioner.db import get_engine
 from provisioner.drivers.power.base import BootDevice, BootSetting, PowerState
@@ -30,8 +30,8 @@ def api(tmp_path: Path) -> Iterator[Any]:
     svc.confirm_interval = 0.0
     svc.confirm_timeout = 0.3
     power_mod._services[id(settings)] = svc
-    tasks.reset_runner()
-    tasks.get_runner(settings)
+    engine.stop()
+    engine.start(settings)
     with Session(get_engine(settings)) as s:
         token = auth.create_token(s, name="t")
     client = TestClient(create_app(settings))
@@ -47,7 +47,7 @@ def api(tmp_path: Path) -> Iterator[Any]:
         yield client
     finally:
         power_mod._services.pop(id(settings), None)
-        tasks.reset_runner()
+        engine.stop()
 
 
 def test_host_power_round_trip(api: Any) -> None:
@@ -83,7 +83,7 @@ def test_rack_power_as_task_and_inline(api: Any) -> None:
     b.failures = [BmcAuthError(bmc="x")]
     r = api.post("/api/v1/racks/r1/power", json={"action": "on"})
     assert r.status_code == 200 and "task_id" in r.json()
-    tasks.get_runner().wait(r.json()["task_id"], timeout=10)
+    engine.wait(r.json()["task_id"], timeout=10)
     task = api.get(f"/api/v1/tasks/{r.json()['task_id']}").json()
     assert task["status"] == "succeeded" and task["progress"] == 100
     assert task["result"]["failed"] == 1 and [x["ok"] for x in task["result"]["results"]] == [True, False]

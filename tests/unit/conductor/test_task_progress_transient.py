@@ -38,11 +38,11 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FlakyContext:
     settings = Settings(data_dir=tmp_path)
     migrate.upgrade(settings)
     with Session(get_engine(settings), expire_on_commit=False) as s:
-        task = Task(kind="install", params={})
+        task = Task(kind="install", params={}, owner="me")
         s.add(task)
         s.commit()
         assert task.id is not None
-    return FlakyContext(task.id, "install", None, None, {}, settings)
+    return FlakyContext(task.id, "install", None, None, {}, settings, owner="me")  # progress CASes on owner
 
 
 def _task(ctx: tasks.TaskContext) -> Task:

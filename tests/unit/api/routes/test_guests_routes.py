@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from provisioner import auth, migrate
-from provisioner.conductor.tasks import reset_runner
+from provisioner.conductor import engine
 from provisioner.db import get_engine
 from provisioner.drivers.virt import fake
 from provisioner.drivers.virt import preflight as pf
@@ -30,7 +30,7 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
     from provisioner.api.app import create_app
 
     fake.reset()
-    reset_runner()
+    engine.stop()
     uri = f"fake:///kvm1-{uuid.uuid4().hex[:6]}"
     settings = Settings(data_dir=tmp_path, tftp_enabled=False, dhcp_enabled=False, power_sync_enabled=False,
                         log_json=False, virt_uri="fake:///local", virt_pool_dir=str(tmp_path / "pool"))
