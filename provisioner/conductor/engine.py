@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 INSTALL_QUEUE = "install"
 TASK_QUEUE = "tasks"
 WORKFLOW = "prov.task"
+TAKEN_OVER_KEY = "taken_over_from"  # Task.result: the executor a task was taken over from
 # DBOS recovers only workflows of its own application version; every conductor of one release
 # must share it (DBOS would otherwise hash the registered code, which differs per import order).
 APP_VERSION = "prov-1"
@@ -228,8 +229,15 @@ def submit(kind: str, *, host_id: int | None = None, rack_id: int | None = None,
             s.close()
     assert task.id is not None
     secret = encrypt(json.dumps(private), _settings(), remember=False) if private else None
+    wid = f"task-{task.id}"
     try:
-        with SetWorkflowID(f"task-{task.id}"):
+        if DBOS.get_workflow_status(wid) is not None:
+            # Left from an earlier application database (restored, or deleted on SQLite while
+            # dbos.sqlite stayed): the row it ran for is gone. Enqueuing under its id would return
+            # that finished workflow and this task would never run.
+            log.warning("workflow %s belongs to a task row that no longer exists: replaced", wid)
+            DBOS.delete_workflow(wid)
+        with SetWorkflowID(wid):
             if spec.exclusive and host_id is not None:
                 with SetEnqueueOptions(deduplication_id=f"host-{host_id}"):
                     DBOS.enqueue_workflow(spec.queue, task_workflow, task.id, secret)
@@ -292,12 +300,17 @@ def take_over(executor_ids: list[str]) -> int:
     ids = [e for e in executor_ids if e and e != _state.executor_id]
     if not ids:
         return 0
+    n = 0
     with Session(get_engine(_settings())) as s:
-        n = s.execute(update(Task).where(Task.owner.in_(ids), Task.status.in_([S.TASK_PENDING, S.TASK_RUNNING]))  # type: ignore[union-attr,attr-defined]
-                      .values(owner=_state.executor_id)).rowcount  # type: ignore[attr-defined]
+        rows = s.exec(select(Task).where(Task.owner.in_(ids), Task.status.in_([S.TASK_PENDING, S.TASK_RUNNING]))).all()  # type: ignore[union-attr,attr-defined]
+        for task in rows:
+            # compare-and-set on the old owner: two survivors taking over the same dead one
+            # move each row once; the workflow's reason ("controller X stopped") names the dead one
+            n += s.execute(update(Task).where(Task.id == task.id, Task.owner == task.owner).values(  # type: ignore[arg-type]
+                owner=_state.executor_id, result={**(task.result or {}), TAKEN_OVER_KEY: task.owner})).rowcount  # type: ignore[attr-defined]
         s.commit()
     DBOS._recover_pending_workflows(ids)
-    return int(n or 0)
+    return n
 
 
 def _other_executors() -> list[str]:
@@ -366,7 +379,7 @@ def _claim(task_id: int, me: str) -> tuple[Task, bool, str | None] | None:
         task = s.get(Task, task_id)
         if task is None or task.status in S.TASK_DONE:
             return None
-        resumed, prev = task.status == S.TASK_RUNNING, task.owner
+        resumed, prev = task.status == S.TASK_RUNNING, (task.result or {}).get(TAKEN_OVER_KEY) or task.owner
         values: dict[str, Any] = {"owner": me, "status": S.TASK_RUNNING, "heartbeat_at": utcnow()}
         if task.started_at is None:
             values["started_at"] = utcnow()
