@@ -28,6 +28,7 @@ execution: the queue, each workflow's status and every checkpointed step.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
 from dbos._error import DBOSQueueDeduplicatedError, DBOSWorkflowCancelledError
@@ -149,15 +150,45 @@ def _queue_config(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+_R = TypeVar("_R")
+
+
+def _off_loop(fn: Callable[[], _R]) -> _R:
+    """``fn()``, in a helper thread when this thread runs an event loop: DBOS refuses its
+    synchronous API there (``check_async``), and the API's lifespan and async routes run there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    out: list[_R] = []
+    err: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # re-raised in the caller's thread
+            err.append(exc)
+
+    t = threading.Thread(target=call, name="prov-engine-call")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return out[0]
+
+
 def start(settings: Settings | None = None, *, executor: str | None = None) -> Callable[[], None]:
     """Launch DBOS for these settings; returns the stop callable. Already running on the same
     database: a no-op stop (the first starter owns it). On another database: restarted."""
-    settings = settings or get_settings()
+    return _off_loop(lambda: _start(settings or get_settings(), executor))
+
+
+def _start(settings: Settings, executor: str | None) -> Callable[[], None]:
     with _lock:
         if _state.settings is not None:
             if _state.url == settings.db_url:
                 return lambda: None
-            stop()
+            _stop()
         _import_workflows()
         url = system_database_url(settings)
         ex = executor or settings.executor_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -193,6 +224,10 @@ def start(settings: Settings | None = None, *, executor: str | None = None) -> C
 
 def stop() -> None:
     """DBOS.destroy(): background threads stop; running workflows are abandoned (recovered later)."""
+    _off_loop(_stop)
+
+
+def _stop() -> None:
     with _lock:
         if _state.settings is None:
             return
@@ -212,6 +247,11 @@ def submit(kind: str, *, host_id: int | None = None, rack_id: int | None = None,
            session: Session | None = None, settings: Settings | None = None) -> Task:
     """Write the Task row, then enqueue its workflow. ``private``: inputs that must not show in the
     tasks API (a guest's seed credentials): encrypted into the workflow's input instead."""
+    return _off_loop(lambda: _submit(kind, host_id, rack_id, params, private, session, settings))
+
+
+def _submit(kind: str, host_id: int | None, rack_id: int | None, params: dict[str, Any] | None,
+            private: dict[str, Any] | None, session: Session | None, settings: Settings | None) -> Task:
     spec = KINDS.get(kind)
     if spec is None:
         raise ValueError(f"no workflow registered for task kind {kind!r}")
@@ -254,6 +294,10 @@ def submit(kind: str, *, host_id: int | None = None, rack_id: int | None = None,
 
 def cancel(task_id: int, settings: Settings | None = None) -> bool:
     """Ask a task to stop (from any process). False when it is already finished."""
+    return _off_loop(lambda: _cancel(task_id, settings))
+
+
+def _cancel(task_id: int, settings: Settings | None) -> bool:
     settings = settings or _state.settings or get_settings()
     with Session(get_engine(settings)) as s:
         task = s.get(Task, task_id)
@@ -297,6 +341,10 @@ def take_over(executor_ids: list[str]) -> int:
     first (their writes fail from then on: fenced), then DBOS re-enqueues their pending
     workflows; each resumes at its step. Returns the number of tasks taken over. The caller
     (cluster membership) decides who is dead: taking over a live executor fences it."""
+    return _off_loop(lambda: _take_over(executor_ids))
+
+
+def _take_over(executor_ids: list[str]) -> int:
     ids = [e for e in executor_ids if e and e != _state.executor_id]
     if not ids:
         return 0
