@@ -26,7 +26,7 @@ from provisioner import metrics as M
 from provisioner.api.app import create_app
 from provisioner.api.routes.metrics import dhcp_lease_file
 from provisioner.cli.serve import Scope as CliScope
-from provisioner.conductor import install
+from provisioner.conductor import engine, install
 from provisioner.conductor.power import PowerService
 from provisioner.db import get_engine
 from provisioner.drivers.boot import tftp as T
@@ -254,9 +254,14 @@ def test_the_lease_file_is_read_only_up_to_its_bound(tmp_path: Path, monkeypatch
 
 # --------------------------------------------------------------------------- installs
 def test_install_steps_and_outcomes_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx = SimpleNamespace(params={}, progress=lambda *a, **kw: None, host_id=1)
-    monkeypatch.setattr(install, "_current_step", lambda c: "boot-disk")
-    monkeypatch.setattr(install, "_persisted_step", lambda c: "")
+    ctx = SimpleNamespace(params={}, progress=lambda *a, **kw: None, host_id=1, resumed=False, announced=False)
+    recorded = {f"install.{s}" for s in install.STEPS[:install.STEPS.index("boot-disk")]}
+
+    def run_step(options: dict[str, Any], fn: Any, *args: Any) -> Any:
+        """DBOS re-executing the workflow: steps it recorded return their output without running."""
+        return None if options["name"] in recorded else fn(*args)
+
+    monkeypatch.setattr(engine.DBOS, "run_step", run_step)
     monkeypatch.setattr(install, "_host", lambda c: SimpleNamespace(state="active", ssh_host_key="k"))
     monkeypatch.setattr(install, "_STEP_FNS", {s: (lambda c, a: None) for s in install.STEPS})
 
