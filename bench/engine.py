@@ -49,6 +49,7 @@ def _old_runner_module() -> types.ModuleType:
     src = subprocess.run(["git", "show", f"{BASE}:provisioner/conductor/tasks.py"], capture_output=True,
                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stdout
     mod = types.ModuleType("old_tasks")
+    sys.modules["old_tasks"] = mod  # dataclasses look their module up
     exec(compile(src, "old_tasks.py", "exec"), mod.__dict__)
     return mod
 
