@@ -12,6 +12,8 @@ writes its progress (step name, percent) to the task row as the install's steps 
 
 Printed per variant: wall time, per-task latency (row created -> finished) min/median/max, the
 process CPU per task, and the start/stop cost of the engine (tests start and stop it often).
+Meanwhile a writer thread stands in for the API: one short write to prov.db every 10 ms; its
+write latency p50/p99/max shows what sharing the SQLite writer lock with DBOS costs the API.
 
     PYTHONPATH=. .venv/bin/python bench/engine.py [-n 200] [--pg]
 """
@@ -23,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from provisioner import migrate
@@ -38,7 +42,7 @@ from provisioner import states as S
 from provisioner.conductor import engine
 from provisioner.conductor.tasks import TaskContext
 from provisioner.db import get_engine
-from provisioner.models import Task
+from provisioner.models import Host, Task, utcnow
 from provisioner.settings import Settings
 
 BASE = "fc60300"  # main when the engine branch was made: the last commit with the thread runner
@@ -101,14 +105,52 @@ def _report(name: str, n: int, wall: float, cpu: float, rows: list[Task]) -> dic
     return out
 
 
+class Writer:
+    """One short write transaction to prov.db every 10 ms (an API's writes), timed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.lat = settings, []  # type: ignore[var-annotated]
+        self.stop_ev = threading.Event()
+        with Session(get_engine(settings)) as s:
+            h = Host(name="bench-writer")
+            s.add(h)
+            s.commit()
+            self.host_id = h.id
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self) -> None:
+        while not self.stop_ev.wait(0.01):
+            t0 = time.perf_counter()
+            with Session(get_engine(self.settings)) as s:
+                s.execute(update(Host).where(Host.id == self.host_id).values(updated_at=utcnow()))  # type: ignore[arg-type]
+                s.commit()
+            self.lat.append(1000 * (time.perf_counter() - t0))
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_ev.set()
+        self.thread.join()
+
+    def summary(self) -> str:
+        lat = sorted(self.lat) or [0.0]
+        return (f"API-like writes to the app database: p50 {statistics.median(lat):.1f} ms, "
+                f"p99 {lat[int(0.99 * (len(lat) - 1))]:.1f} ms, max {lat[-1]:.0f} ms ({len(lat)} writes)")
+
+
 def run_old(settings: Settings, n: int) -> dict[str, Any]:
     old = _old_runner_module()
     runner = old.TaskRunner(settings)
     try:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        ids = [runner.submit("bench-old", _old_body).id for _ in range(n)]
-        rows = _wait_all(settings, ids)
-        return _report("old", n, time.perf_counter() - t0, time.process_time() - cpu0, rows)
+        with Writer(settings) as w:
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            ids = [runner.submit("bench-old", _old_body).id for _ in range(n)]
+            rows = _wait_all(settings, ids)
+            out = _report("old", n, time.perf_counter() - t0, time.process_time() - cpu0, rows)
+        print("              " + w.summary(), flush=True)
+        return out
     finally:
         runner.shutdown(wait=True)
 
@@ -116,10 +158,13 @@ def run_old(settings: Settings, n: int) -> dict[str, Any]:
 def run_dbos(settings: Settings, n: int, name: str = "dbos") -> dict[str, Any]:
     engine.start(settings)
     try:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        ids = [engine.submit("bench-noop", settings=settings).id or 0 for _ in range(n)]
-        rows = _wait_all(settings, ids)
-        return _report(name, n, time.perf_counter() - t0, time.process_time() - cpu0, rows)
+        with Writer(settings) as w:
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            ids = [engine.submit("bench-noop", settings=settings).id or 0 for _ in range(n)]
+            rows = _wait_all(settings, ids)
+            out = _report(name, n, time.perf_counter() - t0, time.process_time() - cpu0, rows)
+        print("              " + w.summary(), flush=True)
+        return out
     finally:
         engine.stop()
 
@@ -140,12 +185,12 @@ def start_stop_cost(root: Path, cycles: int = 5) -> None:
 
 def _shared(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """DBOS's tables inside prov.db instead of dbos.sqlite."""
-    original = engine.system_database_url
-    engine.system_database_url = lambda settings: settings.db_url  # type: ignore[assignment]
+    original = engine.lifecycle.system_database_url
+    engine.lifecycle.system_database_url = lambda settings: settings.db_url  # type: ignore[assignment]
     try:
         return fn()
     finally:
-        engine.system_database_url = original  # type: ignore[assignment]
+        engine.lifecycle.system_database_url = original  # type: ignore[assignment]
 
 
 def main() -> None:
