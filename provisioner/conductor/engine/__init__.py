@@ -98,12 +98,19 @@ def _submit(kind: str, host_id: int | None, rack_id: int | None, params: dict[st
     secret = encrypt(json.dumps(private), _settings(), remember=False) if private else None
     wid = f"task-{task.id}"
     try:
-        if DBOS.get_workflow_status(wid) is not None:
+        if _status(wid) is not None:
             # Left from an earlier application database (restored, or deleted on SQLite while
             # dbos.sqlite stayed): the row it ran for is gone. Enqueuing under its id would return
             # that finished workflow and this task would never run.
             log.warning("workflow %s belongs to a task row that no longer exists: replaced", wid)
-            DBOS.delete_workflow(wid)
+            (_state.client or DBOS).delete_workflow(wid)
+        if _state.client is not None:
+            options: dict[str, Any] = {"workflow_name": WORKFLOW, "queue_name": spec.queue, "workflow_id": wid,
+                                       "app_version": APP_VERSION, "application_name": "prov"}
+            if spec.exclusive and host_id is not None:
+                options["deduplication_id"] = f"host-{host_id}"
+            _state.client.enqueue(options, task.id, secret)
+            return task
         with SetWorkflowID(wid):
             if spec.exclusive and host_id is not None:
                 with SetEnqueueOptions(deduplication_id=f"host-{host_id}"):
@@ -141,10 +148,17 @@ def _cancel(task_id: int, settings: Settings | None) -> bool:
         s.commit()
     if ended and running():
         try:
-            DBOS.cancel_workflow(f"task-{task_id}")
+            (_state.client or DBOS).cancel_workflow(f"task-{task_id}")
         except Exception:
             log.exception("task %s: cancelling its queued workflow failed", task_id)
     return True
+
+
+def _status(wid: str) -> Any:
+    if _state.client is None:
+        return DBOS.get_workflow_status(wid)
+    found = _state.client.list_workflows(workflow_ids=[wid], load_input=False, load_output=False)
+    return found[0] if found else None
 
 
 def wait(task_id: int, timeout: float | None = None) -> Task:

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from dbos import DBOS
+from dbos import DBOS, DBOSClient
 from sqlalchemy import update
 from sqlmodel import Session, select
 
@@ -69,6 +69,12 @@ def _sqlite_connector(url: str) -> Callable[[], sqlite3.Connection]:
     return connect
 
 
+def _client_engine(url: str) -> Any:
+    import sqlalchemy as sa
+
+    return sa.create_engine(url, creator=_sqlite_connector(url), pool_size=4, max_overflow=4)
+
+
 def _seed_queues(url: str, settings: Settings, engine_kwargs: dict[str, Any]) -> None:
     """Create the system database and our queue rows before launch: DBOS's queue thread lists the
     queues once at launch and then every 1 s, so a queue registered after launch on a new database
@@ -112,10 +118,17 @@ def _start(settings: Settings, executor: str | None) -> Callable[[], None]:
             _stop()
         _import_workflows()
         url = system_database_url(settings)
-        ex = executor or settings.executor_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        # An operator's fixed PROV_EXECUTOR_ID first (a restart resumes its own work), then the
+        # cluster member id (cluster.claim_dead answers member ids: take_over gets those).
+        ex = settings.executor_id or executor or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         sqlite = url.startswith("sqlite")
         engine_kwargs: dict[str, Any] = {"creator": _sqlite_connector(url)} if sqlite else {}
         _seed_queues(url, settings, engine_kwargs)
+        if "conductor" not in settings.role_set:
+            _state.client = DBOSClient(system_database_url=url, application_name="prov",
+                                       system_database_engine=None if not sqlite else _client_engine(url))
+            _state.settings, _state.executor_id, _state.url = settings, ex, settings.db_url
+            return stop
         DBOS(config={
             "name": "prov", "system_database_url": url, "executor_id": ex, "application_version": APP_VERSION,
             "log_level": "WARNING",
@@ -159,6 +172,10 @@ def _stop() -> None:
         if _state.settings is None:
             return
         _state.settings = None
+        if _state.client is not None:
+            client, _state.client = _state.client, None
+            client.destroy()
+            return
         DBOS.destroy(workflow_completion_timeout_sec=0)
 
 

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from provisioner.conductor.tasks import Runner
 from provisioner.settings import Settings
@@ -44,6 +44,9 @@ class _State:
     settings: Settings | None = None
     executor_id: str = ""
     url: str = ""
+    # A process without the conductor role (the api role) only enqueues: a DBOSClient, no DBOS
+    # launched, so it never runs a workflow, not even one recovered through DBOS's internal queue.
+    client: Any = None
 
 
 _state = _State()

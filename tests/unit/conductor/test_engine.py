@@ -237,3 +237,17 @@ def test_system_database_is_its_own_file_on_sqlite(settings: Settings) -> None:
     assert engine.system_database_url(settings) == f"sqlite:///{settings.data_dir / 'dbos.sqlite'}"
     pg = Settings(data_dir=settings.data_dir, database_url="postgresql+psycopg://u@db/prov")
     assert engine.system_database_url(pg) == "postgresql+psycopg://u@db/prov"
+
+
+def test_an_api_only_process_enqueues_and_a_conductor_runs_it(settings: Settings) -> None:
+    """The api role never runs a workflow (issue 14): it enqueues through a DBOSClient; the
+    conductor's engine, started later on the same database, runs what it queued."""
+    api = settings.model_copy(update={"roles": ["api"]})
+    engine.start(api, executor="api:1")
+    task = engine.submit("test-noop", params={"n": 3}, settings=api)
+    time.sleep(0.3)  # several queue polls of a launched engine
+    assert row(settings, task.id).status == S.TASK_PENDING and RAN == []
+    engine.stop()
+    engine.start(settings, executor="conductor:1")
+    done = engine.wait(task.id or 0, timeout=10)
+    assert done.status == S.TASK_SUCCEEDED and done.owner == "conductor:1" and RAN == ["noop 3"]
