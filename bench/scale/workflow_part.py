@@ -47,7 +47,8 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly0123456789abc
 
 
 def has_engine() -> bool:
-    return (ROOT / "provisioner" / "conductor" / "engine.py").exists()
+    conductor = ROOT / "provisioner" / "conductor"
+    return (conductor / "engine.py").exists() or (conductor / "engine" / "__init__.py").exists()  # a package
 
 
 @dataclass
