@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # "prov" in ASCII and 1, so it names prov to whoever reads pg_locks. Every role process of a
 # cluster starts with prepare(), possibly at the same moment against one PostgreSQL.
 STARTUP_LOCK_KEY = (0x70726F76 << 32) | 1
+STARTUP_LOCK_POLL_S = 0.1
 
 
 @contextlib.contextmanager
@@ -56,7 +58,13 @@ def startup_lock(settings: Settings) -> Iterator[None]:
         yield
         return
     with get_engine(settings).connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+        # Waited for by trying, never by a blocking pg_advisory_lock: a waiter blocked in that
+        # SELECT holds a transaction open, and the holder's DBOS migration (CREATE INDEX
+        # CONCURRENTLY waits for every older transaction to end) would then wait for the waiters
+        # while they wait for it: role processes started together hung.
+        while not conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY}).scalar():
+            conn.commit()
+            time.sleep(STARTUP_LOCK_POLL_S)
         conn.commit()
         try:
             yield
@@ -77,8 +85,11 @@ def prepare(settings: Settings) -> str | None:
     """
     settings.ensure_dirs()
     setup_logging(settings.log_level, settings.log_json, background=True)
+    from provisioner.conductor import engine  # the workflow engine's own schema (DBOS), once too
+
     with startup_lock(settings):
         migrate.upgrade(settings)
+        engine.migrate_system_database(settings)
         return auth.ensure_admin_token(settings)
 
 

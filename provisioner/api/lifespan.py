@@ -8,7 +8,8 @@ then starts what its roles need (``settings.role_set``; no ``--role``: all of th
 * api: nothing else: it serves the API. It runs no periodic job and no boot service; once
   the workflow engine lands, task submission only enqueues (the api role never runs a workflow);
 * conductor: the timeout checker, the workflow engine (conductor/engine: DBOS, executor id =
-  the member id; it resumes what this executor left), power sync and the GitOps drift check;
+  the member id; it resumes what this executor left), the takeover of dead conductors' work
+  (conductor/takeover.py), power sync and the GitOps drift check;
 * boot: DHCP / TFTP / HTTP boot for ``settings.boot_networks`` (conductor/boot_service.py).
 
 The template check runs in every process with the api or conductor role (both render).
@@ -25,7 +26,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from provisioner import cluster, templates_catalog
-from provisioner.conductor import boot_service, drift_check, engine, power_sync, timeouts
+from provisioner.conductor import boot_service, drift_check, engine, power_sync, takeover, timeouts
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ def _conductor_start(settings: Settings, executor: str | None = None) -> list[St
         stops.append(engine.start(settings, executor=executor))
     except Exception:
         log.exception("the workflow engine failed to start")
+        return stops
+    if executor is not None:  # dead conductors' work is run here (conductor/takeover.py)
+        stops.append(takeover.start(settings, executor))
     return stops
 
 
@@ -67,6 +71,13 @@ def start_services(settings: Settings, roles: Iterable[str] | None = None) -> li
     stops: list[Stop] = [lambda: cluster.leave(membership)]
     if CONDUCTOR in wanted:
         stops += _conductor_start(settings, membership.member_id)
+    elif API in wanted:
+        # the api role only enqueues (a DBOS client, no workflow runs here): connected now, not
+        # by the first install request
+        try:
+            stops.append(engine.start(settings, executor=membership.member_id))
+        except Exception:
+            log.exception("the workflow engine's client failed to start")
     for name, start in SERVICES:
         if not SERVICE_ROLES.get(name, wanted) & wanted:
             continue

@@ -38,7 +38,13 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from provisioner import states as S
-from provisioner.conductor.engine.lifecycle import start, stop, system_database_url, take_over
+from provisioner.conductor.engine.lifecycle import (
+    migrate_system_database,
+    start,
+    stop,
+    system_database_url,
+    take_over,
+)
 from provisioner.conductor.engine.registry import (
     APP_VERSION,
     INSTALL_QUEUE,
@@ -64,8 +70,8 @@ from provisioner.secret_store import encrypt, mask
 from provisioner.settings import Settings, get_settings
 
 __all__ = ["APP_VERSION", "INSTALL_QUEUE", "KINDS", "TAKEN_OVER_KEY", "TASK_QUEUE", "WORKFLOW", "Kind",
-           "StepFailed", "cancel", "executor_id", "register", "run_step", "running", "start", "stop", "submit",
-           "system_database_url", "take_over", "task_workflow", "wait"]
+           "StepFailed", "cancel", "executor_id", "migrate_system_database", "register", "run_step", "running",
+           "start", "stop", "submit", "system_database_url", "take_over", "task_workflow", "wait"]
 
 
 # --------------------------------------------------------------------------- submit / cancel / wait

@@ -95,6 +95,19 @@ def _seed_queues(url: str, settings: Settings, engine_kwargs: dict[str, Any]) ->
         sys_db.destroy()
 
 
+def migrate_system_database(settings: Settings) -> None:
+    """DBOS's system schema and our queue rows, made before any role process launches DBOS.
+
+    ``prov serve`` calls this under its start-up lock (server.prepare): role processes starting
+    together against one PostgreSQL otherwise each ran DBOS's migrations at once; two concurrent
+    CREATE INDEX CONCURRENTLY left an invalid index ("left by a prior failed migration") and the
+    next process's first enqueue waited ~30 s repairing it (seen in test_engine_pg.py's
+    api + 2 conductors). Once the schema is current, each launch's own migration check is a no-op.
+    """
+    url = system_database_url(settings)
+    _seed_queues(url, settings, {"creator": _sqlite_connector(url)} if url.startswith("sqlite") else {})
+
+
 def _queue_config(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         INSTALL_QUEUE: {"concurrency": settings.install_concurrency, "worker_concurrency": None,

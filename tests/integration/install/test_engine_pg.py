@@ -19,6 +19,11 @@ executor): the cluster membership (provisioner/cluster.py, built separately) cal
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,3 +201,59 @@ def test_cancel_and_409_across_controllers(cluster: Cluster) -> None:
     assert httpx.get(f"{a.url}/boot/ipxe/{m.mac}", timeout=10).status_code == 200
     other.assert_settled()
 
+
+
+def _conductor(api: ServeProcess, data_dir: Path) -> subprocess.Popen[bytes]:
+    """``prov serve --role conductor`` on the api's database, with the api's address as its own
+    (the installer URLs it renders point at the api); no HTTP listener of its own."""
+    data_dir.mkdir(parents=True)
+    env = {**api.env, "PROV_DATA_DIR": str(data_dir), "PROV_CONFIG": str(data_dir / "prov.yaml")}
+    env.pop("PROV_ROLES", None)
+    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 - the process keeps it
+    return subprocess.Popen([sys.executable, "-m", "provisioner.cli.main", "serve", "--role", "conductor"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=data_dir, start_new_session=True)
+
+
+def test_a_live_conductor_takes_over_a_killed_ones_install_by_its_heartbeat(cluster: Cluster) -> None:
+    """api + 2 conductors, no fixed executor ids: the conductor running the install is SIGKILLed;
+    the other claims it dead once its heartbeat is older than the grace (cluster.claim_dead) and
+    resumes the install at its step (conductor/takeover.py), within the bound the issue sets."""
+    grace = {"cluster_heartbeat_interval": 0.5, "cluster_takeover_grace": 2.0}
+    api = ServeProcess(cluster.tmp_path / "api" / "data", settings={
+        **_RIG, **grace, "database_url": cluster.url, "secret_key": cluster.key, "roles": "api"}).start()
+    cluster.ctls.append(api)
+    conductors = [_conductor(api, cluster.tmp_path / f"conductor{i}") for i in (1, 2)]
+    try:
+        rig = cluster.rig(api)
+        rig.wait("two conductors in the cluster", lambda: len([
+            m for m in rig.api.get("/api/v1/cluster")["members"]
+            if "conductor" in m["roles"] and m["status"] == "live"]) == 2, 60)
+        m = rig.machines[0]
+        task_id = rig.install(m.name)
+        rig.wait_step(task_id, "wait-installer")
+        first = cluster.owner(task_id)
+        assert first is not None
+        victim = next(p for p in conductors if str(p.pid) == first.split(":")[1])
+        inst = rig.installer(m).netboot()
+        inst.fetch_config()
+        assert inst.report("start").status_code == 200
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        killed = time.monotonic()
+        rig.wait("the task to move to the live conductor",
+                 lambda: cluster.owner(task_id) not in (None, first), 60)
+        took = time.monotonic() - killed
+        assert took <= 60, took
+        m.sshd.start()
+        r = inst.report("done")
+        assert r.status_code == 200 and r.json()["state"] == S.BOOTING, r.text
+        task = _finish_install(rig, m, task_id, "wait-installer")
+        assert task["result"]["taken_over_from"] == first
+        dead = [x for x in rig.api.get("/api/v1/cluster")["members"] if x["id"] == first]
+        assert dead and dead[0]["status"] == "dead", dead
+    finally:
+        for p in conductors:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
