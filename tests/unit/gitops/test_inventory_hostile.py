@@ -32,7 +32,9 @@ from provisioner.gitops.inventory import InventoryError
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "inventory"
 HEADER = "apiVersion: prov/v1\n"
-FAST = 1.0  # seconds: every refusal is immediate, whatever the payload would have cost
+# seconds: every refusal is immediate, whatever the payload would have cost (an unbounded alias
+# bomb or 10 MB file runs for minutes); 1 s failed once on a loaded 2-core CI machine
+FAST = 5.0
 
 
 @dataclass(frozen=True)
