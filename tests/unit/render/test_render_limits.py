@@ -176,7 +176,10 @@ def test_hostile_upload_does_not_stop_the_api(tmp_path):
             time.sleep(0.02)
         for t in uploads:
             t.join()
-        assert slowest < 0.5, slowest
+        # Unbounded, one upload renders for minutes and /healthz waits all along; bounded, each
+        # is refused within its step budget. 2 s leaves room for a loaded 2-core CI machine
+        # (0.7 s seen there with three renders holding the GIL).
+        assert slowest < 2.0, slowest
         r = result["r"]
         assert r.status_code == 422, r.text
         body = r.json()
