@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from provisioner import states as S
+from provisioner.conductor.engine import schedules  # prov.periodic registered before launch
 from provisioner.conductor.engine.registry import (
     APP_VERSION,
     INSTALL_QUEUE,
@@ -109,7 +110,7 @@ def migrate_system_database(settings: Settings) -> None:
 
 
 def _queue_config(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {
+    return {**schedules.queue_config(settings),
         INSTALL_QUEUE: {"concurrency": settings.install_concurrency, "worker_concurrency": None,
                         "polling_interval_sec": settings.engine_poll_s},
         TASK_QUEUE: {"concurrency": None, "worker_concurrency": settings.task_concurrency,
@@ -148,6 +149,8 @@ def _start(settings: Settings, executor: str | None) -> Callable[[], None]:
             # The notification listener polls at this interval on SQLite, and destroy() waits for
             # it: 1 s (the default) made every stop cost 1 s.
             "notification_listener_polling_interval_sec": 0.1,
+            # how soon a schedule made or changed by another conductor is seen (engine/schedules.py)
+            "scheduler_polling_interval_sec": 5.0,
             # Every running workflow records its steps through this pool (max_overflow 0): on
             # SQLite a connection is a file handle; on PostgreSQL each conductor's share of the
             # server's max_connections, DBOS's default.
@@ -189,6 +192,7 @@ def _stop() -> None:
             client, _state.client = _state.client, None
             client.destroy()
             return
+        schedules.stop()
         DBOS.destroy(workflow_completion_timeout_sec=0)
 
 
