@@ -69,41 +69,49 @@ def sync_one(host_id: int, settings: Settings, service: PowerService | None = No
     return res.ok
 
 
-def run_part(settings: Settings, ids: list[int], tick: float, interval: float, part: int, parts: int,
-             stop: threading.Event, service: PowerService | None = None) -> dict[str, Any]:
-    """Poll the hosts whose offset falls in part ``part`` of ``parts`` of the interval, each at
-    ``tick + offset`` (wall clock), at most ``power_concurrency`` at once. A host whose time
-    passed already (a late or resumed round) is polled at once, still within the cap."""
-    lo, hi = interval * part / parts, interval * (part + 1) / parts
-    last = part == parts - 1
-    mine = sorted((o, hid) for hid in ids if lo <= (o := offset(hid, interval)) < hi or (last and o >= hi))
-    if not mine:
-        return {"polled": 0, "peak": 0}
-    lock = threading.Lock()
-    flight = [0, 0]  # in flight now, peak
+class Round:
+    """One round's pool (``power_concurrency`` workers: the bound on calls in flight) and the
+    peak it reached. The parts submit into it without waiting; ``finish()`` waits for the calls."""
 
-    def one(hid: int) -> None:
-        with lock:
-            flight[0] += 1
-            flight[1] = max(flight[1], flight[0])
+    def __init__(self, settings: Settings, service: PowerService | None = None) -> None:
+        self.settings, self.service = settings, service
+        self.pool = ThreadPoolExecutor(max_workers=max(1, settings.power_concurrency), thread_name_prefix="prov-sync")
+        self._lock = threading.Lock()
+        self.in_flight = self.peak = 0
+
+    def _one(self, hid: int) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
         try:
-            sync_one(hid, settings, service)
+            sync_one(hid, self.settings, self.service)
         except Exception:  # one host's bug must not end the round
             log.exception("power sync of host %s failed", hid)
         finally:
-            with lock:
-                flight[0] -= 1
+            with self._lock:
+                self.in_flight -= 1
 
+    def finish(self) -> int:
+        self.pool.shutdown(wait=True)
+        return self.peak
+
+
+def run_part(rnd: Round, ids: list[int], tick: float, interval: float, part: int, parts: int,
+             stop: threading.Event) -> dict[str, Any]:
+    """Submit the hosts whose offset falls in part ``part`` of ``parts`` of the interval, each at
+    ``tick + offset`` (wall clock), into the round's pool (at most ``power_concurrency`` calls in
+    flight). A host whose time passed already (a late or resumed round) is submitted at once."""
+    lo, hi = interval * part / parts, interval * (part + 1) / parts
+    last = part == parts - 1
+    mine = sorted((o, hid) for hid in ids if lo <= (o := offset(hid, interval)) < hi or (last and o >= hi))
     polled = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(len(mine), settings.power_concurrency)),
-                            thread_name_prefix="prov-sync") as pool:
-        for off, hid in mine:
-            delay = tick + off - time.time()
-            if delay > 0 and stop.wait(delay):
-                break
-            pool.submit(one, hid)
-            polled += 1
-    return {"polled": polled, "peak": flight[1]}
+    for off, hid in mine:
+        delay = tick + off - time.time()
+        if delay > 0 and stop.wait(delay):
+            break
+        rnd.pool.submit(rnd._one, hid)
+        polled += 1
+    return {"polled": polled, "peak": rnd.peak}
 
 
 def run_round(settings: Settings, stop: threading.Event, *, interval: float | None = None,
@@ -112,4 +120,8 @@ def run_round(settings: Settings, stop: threading.Event, *, interval: float | No
     ids = host_ids(settings)
     span = settings.power_sync_interval if interval is None else interval
     tick = time.time()
-    return sum(run_part(settings, ids, tick, span, p, parts, stop, service)["polled"] for p in range(parts))
+    rnd = Round(settings, service)
+    try:
+        return sum(run_part(rnd, ids, tick, span, p, parts, stop)["polled"] for p in range(parts))
+    finally:
+        rnd.finish()

@@ -227,6 +227,42 @@ def _other_executors() -> list[str]:
     return sorted({w.executor_id for w in pending if w.executor_id and w.executor_id != _state.executor_id})
 
 
+def fail_stale_orphans(older_than_s: float) -> list[int]:
+    """The periodic repair of a submit cut in half (an API worker killed between the Task row's
+    commit and the enqueue): a pending row older than ``older_than_s`` with no workflow behind it
+    is failed with the reason, and its host leaves the transient state the request put it in
+    (FAIL: install-failed, ...), so a retry of the request is accepted. Returns the task ids."""
+    from datetime import timedelta
+
+    from provisioner import lifecycle
+    from provisioner.errors import ProvError
+    from provisioner.models import Host
+
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    failed: list[int] = []
+    with Session(get_engine(_settings()), expire_on_commit=False) as s:
+        rows = s.exec(select(Task).where(Task.status == S.TASK_PENDING, Task.created_at < cutoff)).all()  # type: ignore[arg-type,operator]
+        for task in rows:
+            if DBOS.get_workflow_status(f"task-{task.id}") is not None:
+                continue  # queued or run: the engine drives it
+            reason = "the API process stopped before this task's workflow was queued"
+            n = s.execute(update(Task).where(Task.id == task.id, Task.status == S.TASK_PENDING).values(  # type: ignore[arg-type]
+                status=S.TASK_FAILED, finished_at=utcnow(), error=reason)).rowcount  # type: ignore[attr-defined]
+            s.commit()
+            if not n or task.id is None:
+                continue
+            failed.append(task.id)
+            host = s.get(Host, task.host_id) if task.host_id is not None else None
+            if host is not None and host.state in S.TRANSIENT:
+                try:
+                    lifecycle.advance(s, host, S.FAIL, message=f"{task.kind} not started: {reason}",
+                                      actor="conductor:engine", settings=_settings())
+                except ProvError:
+                    s.rollback()
+            log.warning("task %s (%s) failed: %s", task.id, task.kind, reason)
+    return failed
+
+
 def _fail_orphans() -> None:
     """Task rows left pending/running with no workflow behind them (written by a runner before the
     engine, or whose enqueue never landed): failed with the reason, as the old recover() did."""

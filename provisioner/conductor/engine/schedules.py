@@ -42,6 +42,10 @@ log = logging.getLogger("provisioner.conductor.engine.schedules")
 
 WORKFLOW = "prov.periodic"
 POWER_PARTS = 10  # checkpoints per power-sync round
+# A pending task row this old with no workflow lost its enqueue (its API worker was killed in
+# between): failed by the timeouts job (engine.lifecycle.fail_stale_orphans). A submit commits
+# the row and enqueues within milliseconds; seconds on a loaded machine.
+ORPHAN_GRACE_S = 10.0
 _stopping = threading.Event()  # set by engine.stop(): a sleeping round ends
 
 
@@ -64,20 +68,27 @@ def _power(settings: Settings, tick: datetime, interval: float) -> dict[str, Any
     from provisioner.conductor import power_sync
 
     ids = power_sync.host_ids(settings)
-    polled, peak = 0, 0
-    for part in range(POWER_PARTS):
-        # one checkpoint per part: a re-executed round (take-over) skips the parts already done
-        out = DBOS.run_step({"name": f"power-sync-{part}"}, power_sync.run_part, settings, ids, tick.timestamp(),
-                            interval, part, POWER_PARTS, _stopping)
-        polled, peak = polled + out["polled"], max(peak, out["peak"])
+    rnd = power_sync.Round(settings)
+    polled = 0
+    try:
+        for part in range(POWER_PARTS):
+            # one checkpoint per part (its hosts submitted): a re-executed round (take-over) skips
+            # the parts already done; the calls of a part run on while the next part waits
+            out = DBOS.run_step({"name": f"power-sync-{part}"}, power_sync.run_part, rnd, ids, tick.timestamp(),
+                                interval, part, POWER_PARTS, _stopping)
+            polled += out["polled"]
+    finally:
+        peak = rnd.finish()
     return {"hosts": len(ids), "polled": polled, "peak_in_flight": peak}
 
 
 def _timeouts(settings: Settings, tick: datetime, interval: float) -> dict[str, Any]:
     from provisioner.conductor import timeouts
+    from provisioner.conductor.engine.lifecycle import fail_stale_orphans
 
     moved = DBOS.run_step({"name": "timeouts"}, timeouts.check_once, settings)
-    return {"moved": moved}
+    orphans = DBOS.run_step({"name": "orphans"}, fail_stale_orphans, ORPHAN_GRACE_S)
+    return {"moved": moved, "orphans": orphans}
 
 
 def _drift(settings: Settings, tick: datetime, interval: float) -> dict[str, Any]:
