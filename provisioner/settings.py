@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # largest retransmission timeout a client may negotiate (RFC 2349 allows 1-255 s).
     tftp_max_per_client: int = 8
     tftp_max_timeout: int = 5
+    # TFTP server processes on the one port (SO_REUSEPORT; conductor/tftp_workers.py): 1 = in-process only
+    tftp_workers: int = Field(default=1, ge=1, le=64)
 
     # Where templates and playbooks are read from; operators' own templates
     # live in {data_dir}/templates and override the shipped ones.

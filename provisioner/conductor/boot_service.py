@@ -183,8 +183,13 @@ def start(settings: Settings, boot: BootInterface | None = None) -> Callable[[],
 
     if settings.tftp_enabled:
         try:
-            b.start_tftp(tftp_hook(settings, b))
-            stops.append(b.stop_tftp)
+            if settings.tftp_workers > 1:  # N processes on the port (conductor/tftp_workers.py)
+                from provisioner.conductor import tftp_workers
+
+                stops.append(tftp_workers.start(settings, tftp_hook(settings, b)))
+            else:
+                b.start_tftp(tftp_hook(settings, b))
+                stops.append(b.stop_tftp)
         except Exception:
             log.exception("TFTP did not start on %s:%d", settings.tftp_host, settings.tftp_port)
 
