@@ -1,0 +1,1 @@
+"""Outgoing notifications (webhook POSTs). Adapters only: no database, no conductor."""
