@@ -32,7 +32,6 @@ DEV_PKGS=(
   debconf-utils cloud-init grub-common  # preseed, cloud-config and grub.cfg validators
   netplan.io                      # netplan v2 validator (autoinstall network:, NoCloud network-config)
   netcat-openbsd wrk bridge-utils iptables
-  lldpd                           # the LLDP neighbour the inspection ramdisk hears (provisioner/lab/lldp.py)
   docker-compose                  # parses deploy/compose.yaml (no engine needed)
   debian-installer-12-netboot-amd64  # the installer-driven (preseed) path of the e2e lab
   podman buildah runc             # builds and runs deploy/Dockerfile's image (runc: crun refuses hybrid cgroups)

@@ -92,11 +92,6 @@ def _field_list(names: list[str]) -> str:
     return ", ".join(dict.fromkeys(_FIELD_NAMES.get(n, n) for n in names))
 
 
-def emit(session: Session, *, kind: str, state: str, message: str, host_name: str | None = None) -> None:
-    """Add an event of ``kind`` to this transaction's (written at its commit, like every other)."""
-    _pending(session).append({"kind": kind, "host_name": host_name, "state": state, "message": message})
-
-
 # --------------------------------------------------------------------------- ORM flushes
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _ctx: UOWTransaction) -> None:

@@ -42,8 +42,7 @@ log = logging.getLogger(__name__)
 
 # The kinds of events (issue 16's list); the filter ``kind`` takes one of these or its prefix
 # before the dot (``host`` = host.state, host.history, host.power).
-KINDS = ("host.state", "host.history", "host.power", "task.progress", "inventory", "drift",
-         "webhook")  # webhook: a subscription disabled after failures, or enabled again
+KINDS = ("host.state", "host.history", "host.power", "task.progress", "inventory", "drift")
 # Not stored: the first event of a stream whose Last-Event-ID is older than the retention.
 LOST = "stream.lost"
 

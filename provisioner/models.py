@@ -270,6 +270,3 @@ class EventStreamMark(SQLModel, table=True):
 
 # The event stream's session hooks (after every class above exists: the module imports them).
 from provisioner import event_outbox as _event_outbox  # noqa: E402, F401
-
-# Webhook subscriptions and their delivery log (issue 16): a module of their own, registered here.
-from provisioner import models_webhooks as _models_webhooks  # noqa: E402, F401

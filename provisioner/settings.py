@@ -77,8 +77,6 @@ class Settings(BaseSettings):
     # largest retransmission timeout a client may negotiate (RFC 2349 allows 1-255 s).
     tftp_max_per_client: int = 8
     tftp_max_timeout: int = 5
-    # TFTP server processes on the one port (SO_REUSEPORT; conductor/tftp_workers.py): 1 = in-process only
-    tftp_workers: int = Field(default=1, ge=1, le=64)
 
     # Where templates and playbooks are read from; operators' own templates
     # live in {data_dir}/templates and override the shipped ones.
@@ -247,28 +245,6 @@ class Settings(BaseSettings):
     # open streams per API process, in total and per token (over it: 503 / 429 with Retry-After)
     events_max_streams: int = Field(default=200, ge=1, le=10_000)
     events_max_streams_per_token: int = Field(default=20, ge=1, le=10_000)
-
-    # Webhooks (issue 16; provisioner/conductor/webhooks.py, README "Event stream"). Destinations:
-    # empty = any http(s) address except loopback, link-local (169.254.0.0/16, fe80::/10: cloud
-    # metadata services), unspecified/multicast and this controller's own addresses; non-empty =
-    # only these CIDRs/host names (PROV_WEBHOOK_ALLOWED_DESTINATIONS is comma-separated), which may
-    # then name one of the refused ones on purpose. Checked when saved and again at every delivery.
-    webhook_allowed_destinations: Annotated[list[str], NoDecode] = []
-    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)  # connect, send and answer of one POST
-    webhook_concurrency: int = Field(default=8, ge=1, le=256)  # subscriptions delivered at once per conductor
-    webhook_retry_attempts: int = Field(default=5, ge=1, le=20)  # POSTs of one event in a row
-    webhook_retry_base_s: float = Field(default=1.0, gt=0, le=600)  # backoff: base * 2**n ...
-    webhook_retry_max_s: float = Field(default=300.0, gt=0, le=86_400)  # ... capped; also the pause after
-    webhook_disable_after: int = Field(default=15, ge=1, le=10_000)  # consecutive failed attempts
-    webhook_poll_interval: float = Field(default=1.0, gt=0, le=60)  # new events of other processes
-    webhook_deliveries_kept: int = Field(default=1000, ge=10, le=1_000_000)  # log rows per subscription
-
-    @field_validator("webhook_allowed_destinations", mode="before")
-    @classmethod
-    def _comma_destinations(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
 
 # The roles of ``prov serve --role`` (issue 14's Interface; keep the names).

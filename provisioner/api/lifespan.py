@@ -7,10 +7,9 @@ then starts what its roles need (``settings.role_set``; no ``--role``: all of th
 
 * api: nothing else: it serves the API. It runs no periodic job and no boot service; once
   the workflow engine lands, task submission only enqueues (the api role never runs a workflow);
-* conductor: the workflow engine (conductor/engine: DBOS, executor id = the member id; it
-  resumes what this executor left), the takeover of dead conductors' work
-  (conductor/takeover.py), and the periodic jobs (power sync, deadlines, GitOps drift check) as
-  DBOS schedules: every conductor fires each tick, one of them runs it (engine/schedules.py);
+* conductor: the timeout checker, the workflow engine (conductor/engine: DBOS, executor id =
+  the member id; it resumes what this executor left), the takeover of dead conductors' work
+  (conductor/takeover.py), power sync and the GitOps drift check;
 * boot: DHCP / TFTP / HTTP boot for ``settings.boot_networks`` (conductor/boot_service.py).
 
 The template check runs in every process with the api or conductor role (both render).
@@ -27,7 +26,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from provisioner import cluster, templates_catalog
-from provisioner.conductor import boot_service, engine, takeover
+from provisioner.conductor import boot_service, drift_check, engine, power_sync, takeover, timeouts
 from provisioner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,27 +35,27 @@ Stop = Callable[[], None]
 API, CONDUCTOR, BOOT = "api", "conductor", "boot"
 # (name in the log, start function); each returns its stop callable (or None: nothing to stop).
 SERVICES: tuple[tuple[str, Callable[[Settings], Stop | None]], ...] = (
+    ("power sync", power_sync.start),
     ("boot services", boot_service.start),  # DHCP / TFTP / HTTP boot, each as settings enable it
     ("template check", templates_catalog.start),  # render-checks every template at start-up
+    ("drift check", drift_check.start),  # GitOps drift vs the last applied inventory
 )
 # The roles that run each service; a service not named here runs in every process.
 SERVICE_ROLES: dict[str, frozenset[str]] = {
+    "power sync": frozenset({CONDUCTOR}),
     "boot services": frozenset({BOOT}),
     "template check": frozenset({API, CONDUCTOR}),
+    "drift check": frozenset({CONDUCTOR}),
 }
 
 
 def _conductor_start(settings: Settings, executor: str | None = None) -> list[Stop]:
-    stops: list[Stop] = []
+    stops: list[Stop] = [timeouts.start(settings)]
     try:
         stops.append(engine.start(settings, executor=executor))
     except Exception:
         log.exception("the workflow engine failed to start")
         return stops
-    try:  # power sync, deadlines, drift check: DBOS schedules, one run per tick cluster-wide
-        engine.apply_schedules(settings)
-    except Exception:
-        log.exception("the periodic jobs' schedules could not be applied")
     if executor is not None:  # dead conductors' work is run here (conductor/takeover.py)
         stops.append(takeover.start(settings, executor))
     return stops

@@ -83,8 +83,6 @@ def serve(
                                         "default: all three in one process. Needs PostgreSQL")] = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, max=64, help="API worker processes of the api role (default 1). Needs PostgreSQL")] = None,
-    tftp_workers: Annotated[int | None, typer.Option(
-        "--tftp-workers", min=1, max=64, help="TFTP server processes on the port (SO_REUSEPORT; default 1)")] = None,
     network: Annotated[list[str] | None, typer.Option(
         "--network", metavar="CIDR", help="a provisioning network the boot role serves (repeat for several); "
                                           "default: every rack's")] = None,
@@ -99,7 +97,7 @@ def serve(
     networks = _networks(network)
     settings = server.settings_with(host=host, port=port, tftp_port=tftp_port,
                                     roles=",".join(roles) if role is not None else None,
-                                    api_workers=workers, tftp_workers=tftp_workers,
+                                    api_workers=workers,
                                     boot_networks=",".join(networks) if network is not None else None)
     check_topology(list(settings.roles), settings.api_workers, list(settings.boot_networks),
                    embedded=settings.embedded)

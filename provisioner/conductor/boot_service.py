@@ -183,13 +183,8 @@ def start(settings: Settings, boot: BootInterface | None = None) -> Callable[[],
 
     if settings.tftp_enabled:
         try:
-            if settings.tftp_workers > 1:  # N processes on the port (conductor/tftp_workers.py)
-                from provisioner.conductor import tftp_workers
-
-                stops.append(tftp_workers.start(settings, tftp_hook(settings, b)))
-            else:
-                b.start_tftp(tftp_hook(settings, b))
-                stops.append(b.stop_tftp)
+            b.start_tftp(tftp_hook(settings, b))
+            stops.append(b.stop_tftp)
         except Exception:
             log.exception("TFTP did not start on %s:%d", settings.tftp_host, settings.tftp_port)
 

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from provisioner import crud
 from provisioner.conductor import applied
+from provisioner.conductor.periodic import start_periodic
 from provisioner.db import get_engine
 from provisioner.errors import ProvError
 from provisioner.gitops import drift as drift_mod
@@ -174,3 +175,12 @@ def last_result(session: Session) -> dict[str, Any]:
     drift = list(row.drift or [])
     return {"applied_id": row.id, "checked_at": row.drift_checked_at.isoformat() if row.drift_checked_at else None,
             "drift": drift, "count": len(drift)}
+
+
+def start(settings: Settings | None = None, interval: float | None = None,
+          *, list_guests: GuestLister | None = None) -> Callable[[], None]:
+    """Run check_once every ``interval`` seconds (default settings.drift_check_interval; 0 = off)
+    on a daemon thread; returns the stop callable."""
+    settings = settings or get_settings()
+    interval = interval if interval is not None else settings.drift_check_interval
+    return start_periodic("drift-check", interval, lambda: check_once(settings, list_guests=list_guests))

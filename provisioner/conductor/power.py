@@ -31,7 +31,6 @@ from sqlmodel import Session
 
 from provisioner import crud, secret_store
 from provisioner import metrics as prov_metrics
-from provisioner.conductor import bmc_lock
 from provisioner.db import get_engine
 from provisioner.drivers.power import get_driver
 from provisioner.drivers.power.base import BmcSpec, BootDevice, BootSetting, PowerAction, PowerInterface, PowerState
@@ -158,13 +157,8 @@ class PowerService:
                 if not lock.acquire(timeout=spec.timeout * max_attempts + 5):
                     raise BmcBusy(bmc=spec.label, reason="another request to this BMC is still running")
                 try:
-                    # and one across conductors (PostgreSQL advisory lock; conductor/bmc_lock.py)
-                    with self._cap, bmc_lock.held(self.settings, spec.kind, spec.address, spec.port,
-                                                  spec.timeout * max_attempts + 5), \
-                            prov_metrics.bmc_call(spec.kind, op):
+                    with self._cap, prov_metrics.bmc_call(spec.kind, op):
                         return fn(driver)
-                except bmc_lock.Busy as exc:
-                    raise BmcBusy(bmc=spec.label, reason=str(exc)) from exc
                 finally:
                     lock.release()
             except BmcAuthError:

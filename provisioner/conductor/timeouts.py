@@ -8,11 +8,13 @@ state; this checker moves every host past its deadline through the table
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlmodel import Session, col, select
 
 from provisioner import lifecycle
 from provisioner import states as S
+from provisioner.conductor.periodic import start_periodic
 from provisioner.db import get_engine
 from provisioner.errors import Conflict, ProvError
 from provisioner.models import Host, utcnow
@@ -64,3 +66,11 @@ def check_once(settings: Settings | None = None) -> list[str]:
                 continue
             moved.append(host.name)
     return moved
+
+
+def start(settings: Settings | None = None, interval: float | None = None) -> Callable[[], None]:
+    """Run check_once every ``interval`` seconds (default: settings.timeout_check_interval) on a
+    daemon thread; returns the stop callable."""
+    settings = settings or get_settings()
+    interval = interval if interval is not None else settings.timeout_check_interval
+    return start_periodic("timeouts", interval, lambda: check_once(settings), join_timeout=5)

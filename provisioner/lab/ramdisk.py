@@ -8,7 +8,7 @@ module gives Python callers a cached, concurrency-safe
 
 Cache layout: ``<cache_dir>/<key>/{vmlinuz,vmlinux,initrd.img,versions.txt}``
 where ``key`` hashes the resolved Debian package versions and the build
-inputs (the script and every file of ``recipes/ramdisk/``). A new kernel in the archive or an
+inputs (script, ``/init``, udhcpc script). A new kernel in the archive or an
 edited ``/init`` therefore builds a new ramdisk; nothing else does.
 
 This module imports only the standard library (and ``provisioner.errors``,
@@ -41,10 +41,7 @@ DEB_CACHE_DIR = Path("/var/cache/prov-test/debs")
 # The recipes are package data beside this module (a checkout and a wheel install alike).
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 BUILD_SCRIPT = RECIPES_DIR / "build-ramdisk.sh"
-# Every file of recipes/ramdisk/ (init, udhcpc script, inspect/wipe modes, prov-hwtool.c):
-# a new file there changes the key without anyone remembering to list it.
-_KEY_INPUTS = (BUILD_SCRIPT, *sorted(p for p in (RECIPES_DIR / "ramdisk").iterdir() if p.is_file()))
-
+_KEY_INPUTS = (BUILD_SCRIPT, RECIPES_DIR / "ramdisk" / "init", RECIPES_DIR / "ramdisk" / "udhcpc.script")
 _OUTPUTS = ("vmlinuz", "vmlinux", "initrd.img", "versions.txt")
 _COMPLETE = ".complete"
 

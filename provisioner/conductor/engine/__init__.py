@@ -61,7 +61,6 @@ from provisioner.conductor.engine.registry import (
     register,
     running,
 )
-from provisioner.conductor.engine.schedules import apply as apply_schedules
 from provisioner.conductor.engine.workflow import StepFailed, _end, run_step, task_workflow
 from provisioner.conductor.tasks import CANCEL_KEY
 from provisioner.db import get_engine
@@ -70,30 +69,9 @@ from provisioner.models import Task, utcnow
 from provisioner.secret_store import encrypt, mask
 from provisioner.settings import Settings, get_settings
 
-__all__ = [
-    "APP_VERSION",
-    "INSTALL_QUEUE",
-    "KINDS",
-    "TAKEN_OVER_KEY",
-    "TASK_QUEUE",
-    "WORKFLOW",
-    "Kind",
-    "StepFailed",
-    "apply_schedules",
-    "cancel",
-    "executor_id",
-    "migrate_system_database",
-    "register",
-    "run_step",
-    "running",
-    "start",
-    "stop",
-    "submit",
-    "system_database_url",
-    "take_over",
-    "task_workflow",
-    "wait",
-]
+__all__ = ["APP_VERSION", "INSTALL_QUEUE", "KINDS", "TAKEN_OVER_KEY", "TASK_QUEUE", "WORKFLOW", "Kind",
+           "StepFailed", "cancel", "executor_id", "migrate_system_database", "register", "run_step", "running",
+           "start", "stop", "submit", "system_database_url", "take_over", "task_workflow", "wait"]
 
 
 # --------------------------------------------------------------------------- submit / cancel / wait

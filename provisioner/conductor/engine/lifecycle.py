@@ -14,7 +14,6 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from provisioner import states as S
-from provisioner.conductor.engine import schedules  # prov.periodic registered before launch
 from provisioner.conductor.engine.registry import (
     APP_VERSION,
     INSTALL_QUEUE,
@@ -110,7 +109,7 @@ def migrate_system_database(settings: Settings) -> None:
 
 
 def _queue_config(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {**schedules.queue_config(settings),
+    return {
         INSTALL_QUEUE: {"concurrency": settings.install_concurrency, "worker_concurrency": None,
                         "polling_interval_sec": settings.engine_poll_s},
         TASK_QUEUE: {"concurrency": None, "worker_concurrency": settings.task_concurrency,
@@ -149,8 +148,6 @@ def _start(settings: Settings, executor: str | None) -> Callable[[], None]:
             # The notification listener polls at this interval on SQLite, and destroy() waits for
             # it: 1 s (the default) made every stop cost 1 s.
             "notification_listener_polling_interval_sec": 0.1,
-            # how soon a schedule made or changed by another conductor is seen (engine/schedules.py)
-            "scheduler_polling_interval_sec": 5.0,
             # Every running workflow records its steps through this pool (max_overflow 0): on
             # SQLite a connection is a file handle; on PostgreSQL each conductor's share of the
             # server's max_connections, DBOS's default.
@@ -192,7 +189,6 @@ def _stop() -> None:
             client, _state.client = _state.client, None
             client.destroy()
             return
-        schedules.stop()
         DBOS.destroy(workflow_completion_timeout_sec=0)
 
 
@@ -225,42 +221,6 @@ def _take_over(executor_ids: list[str]) -> int:
 def _other_executors() -> list[str]:
     pending = DBOS.list_workflows(status=["PENDING"], name=WORKFLOW, load_input=False, load_output=False)
     return sorted({w.executor_id for w in pending if w.executor_id and w.executor_id != _state.executor_id})
-
-
-def fail_stale_orphans(older_than_s: float) -> list[int]:
-    """The periodic repair of a submit cut in half (an API worker killed between the Task row's
-    commit and the enqueue): a pending row older than ``older_than_s`` with no workflow behind it
-    is failed with the reason, and its host leaves the transient state the request put it in
-    (FAIL: install-failed, ...), so a retry of the request is accepted. Returns the task ids."""
-    from datetime import timedelta
-
-    from provisioner import lifecycle
-    from provisioner.errors import ProvError
-    from provisioner.models import Host
-
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    failed: list[int] = []
-    with Session(get_engine(_settings()), expire_on_commit=False) as s:
-        rows = s.exec(select(Task).where(Task.status == S.TASK_PENDING, Task.created_at < cutoff)).all()  # type: ignore[arg-type,operator]
-        for task in rows:
-            if DBOS.get_workflow_status(f"task-{task.id}") is not None:
-                continue  # queued or run: the engine drives it
-            reason = "the API process stopped before this task's workflow was queued"
-            n = s.execute(update(Task).where(Task.id == task.id, Task.status == S.TASK_PENDING).values(  # type: ignore[arg-type]
-                status=S.TASK_FAILED, finished_at=utcnow(), error=reason)).rowcount  # type: ignore[attr-defined]
-            s.commit()
-            if not n or task.id is None:
-                continue
-            failed.append(task.id)
-            host = s.get(Host, task.host_id) if task.host_id is not None else None
-            if host is not None and host.state in S.TRANSIENT:
-                try:
-                    lifecycle.advance(s, host, S.FAIL, message=f"{task.kind} not started: {reason}",
-                                      actor="conductor:engine", settings=_settings())
-                except ProvError:
-                    s.rollback()
-            log.warning("task %s (%s) failed: %s", task.id, task.kind, reason)
-    return failed
 
 
 def _fail_orphans() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 from dbos import DBOS
 from dbos._error import DBOSWorkflowCancelledError
 from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
 from provisioner import states as S
@@ -123,35 +121,7 @@ def run_step(name: str, fn: Callable[[], None]) -> None:
     raise StepFailed(reason=out.get("message") or "step failed")
 
 
-# A step cut by the database going away (a restart, a fail-over) is run again once it answers:
-# steps are written to be redone after a crash (the install's resume does the same), and
-# failing the host instead left it in its transient state (its own failure could not be written).
-DB_WAIT_S = 120.0
-
-
 def _checkpointed(fn: Callable[[], None]) -> dict[str, Any] | None:
-    waited, pause = 0.0, 0.5
-    while True:
-        try:
-            return _once(fn)
-        except _DatabaseGone as gone:
-            if waited >= DB_WAIT_S:
-                log.error("step failed: the database did not come back within %.0f s", DB_WAIT_S)
-                return {"code": "internal", "message": mask(f"the database did not answer: {gone.__cause__}")}
-            log.warning("step cut by the database (%s): run again in %.1f s", gone.__cause__.__class__.__name__, pause)
-            time.sleep(pause)
-            waited, pause = waited + pause, min(5.0, pause * 2)
-
-
-class _DatabaseGone(Exception):
-    pass
-
-
-def _gone(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
-
-
-def _once(fn: Callable[[], None]) -> dict[str, Any] | None:
     try:
         fn()
     except Fenced as exc:
@@ -161,8 +131,6 @@ def _once(fn: Callable[[], None]) -> dict[str, Any] | None:
     except ProvError as exc:
         return {"code": exc.code, "message": exc.message}
     except Exception as exc:
-        if _gone(exc) or _gone(exc.__cause__ or exc):
-            raise _DatabaseGone() from exc
         log.error("step crashed: %s", mask(traceback.format_exc()))
         return {"code": "internal", "message": mask(f"internal error: {exc.__class__.__name__}: {exc}")}
     return None

@@ -13,11 +13,6 @@
 # the virtio/ext4/vfat/iso9660 modules and their dependencies, and
 # ramdisk/init beside this script (see its header for the kernel command line contract).
 #
-# The inspect and wipe modes (ramdisk/prov-inspect, prov-wipe, prov-lib.sh)
-# run on busybox plus ramdisk/prov-hwtool.c (LLDP receiver, in-band IPMI),
-# compiled here with the build machine's cc as a static binary (~290 KB in
-# the compressed initrd; Debian's lldpd would pull net-snmp, perl, OpenSSL).
-#
 # Environment: PROV_KERNEL_META (default linux-image-amd64) picks the kernel;
 # PROV_DEB_CACHE keeps downloaded .debs between builds (default OUTDIR/.debs);
 # PYTHON runs the vmlinux extractor (default python3).
@@ -34,10 +29,9 @@ KMETA=${PROV_KERNEL_META:-linux-image-amd64}
 # virtio transport + disks (blk and scsi, sd_mod for the latter), NIC, RNG,
 # balloon; ext4 to edit an image's root fs; vfat/iso9660 + code pages for
 # NoCloud seeds; crc32c_generic because ext4 needs a crc32c provider and the
-# SSE4.2 one (crc32c_intel) does not load on TCG's default CPU model;
-# ipmi_si + ipmi_devintf give the inspect mode /dev/ipmi0 (the in-band BMC).
+# SSE4.2 one (crc32c_intel) does not load on TCG's default CPU model.
 MODULES="virtio_pci virtio_blk virtio_scsi sd_mod virtio_net virtio_rng virtio_balloon
-ext4 crc32c_generic vfat nls_cp437 nls_iso8859_1 nls_utf8 iso9660 ipmi_si ipmi_devintf"
+ext4 crc32c_generic vfat nls_cp437 nls_iso8859_1 nls_utf8 iso9660"
 
 resolve() {
     # The meta package depends on the real, versioned kernel package.
@@ -104,11 +98,6 @@ done >"$ROOT/etc/modules.order"
 
 install -m 0755 "$HERE/ramdisk/init" "$ROOT/init"
 install -m 0755 "$HERE/ramdisk/udhcpc.script" "$ROOT/etc/udhcpc.script"
-mkdir -p "$ROOT/lib/prov"
-install -m 0644 "$HERE/ramdisk/prov-lib.sh" "$ROOT/lib/prov/prov-lib.sh"
-install -m 0755 "$HERE/ramdisk/prov-inspect" "$ROOT/usr/bin/prov-inspect"
-install -m 0755 "$HERE/ramdisk/prov-wipe" "$ROOT/usr/bin/prov-wipe"
-"${CC:-cc}" -static -Os -s -o "$ROOT/usr/bin/prov-hwtool" "$HERE/ramdisk/prov-hwtool.c"
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 echo "root:x:0:" >"$ROOT/etc/group"
 

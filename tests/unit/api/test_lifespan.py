@@ -25,9 +25,9 @@ def test_a_failing_service_is_logged_and_the_others_start(tmp_path: Path, monkey
         ("fake nothing to stop", lambda s: None),
     ))
     stops = lifespan.start_services(settings)
-    # the cluster membership, the workflow engine (its schedules run the periodic jobs), the dead
-    # conductors' takeover (a no-op on SQLite), the good service
-    assert len(stops) == 4
+    # the cluster membership, the timeout checker, the workflow engine, the dead conductors'
+    # takeover (a no-op on SQLite), the good service
+    assert len(stops) == 5
     assert "fake bad failed to start" in caplog.text
     lifespan.stop_services(stops)
     assert stopped == ["good"]

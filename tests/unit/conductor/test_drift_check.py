@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +115,24 @@ def test_nothing_applied_means_no_check(tmp_path: Path) -> None:
     get_engine(settings).dispose()
 
 
-def test_passes_repeat_without_new_lines(tmp_path: Path) -> None:
-    """Passes run as the ``prov-drift-check`` schedule (engine/schedules.py); each pass is this."""
+def test_loop_runs_at_interval_and_zero_is_off(tmp_path: Path) -> None:
     settings = _setup(tmp_path)
-    for _ in range(3):
-        assert drift_check.check_once(settings, list_guests=_no_guests) is not None
+    stop = drift_check.start(settings, interval=0)
+    stop()  # off: nothing started, stop is harmless
     with Session(get_engine(settings)) as s:
-        assert s.exec(select(InventoryApply)).one().drift_checked_at is not None
+        assert s.exec(select(InventoryApply)).one().drift_checked_at is None
+    stop = drift_check.start(settings, interval=0.05, list_guests=_no_guests)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with Session(get_engine(settings)) as s:
+                if s.exec(select(InventoryApply)).one().drift_checked_at is not None:
+                    break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the loop never ran a pass")
+    finally:
+        stop()
     assert len(_drift_events(settings)) == 2  # several passes, still one line per host
     get_engine(settings).dispose()
 

@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 
 from provisioner import crud, lifecycle, migrate
 from provisioner import states as S
-from provisioner.conductor import engine, timeouts
+from provisioner.conductor import timeouts
 from provisioner.db import get_engine
 from provisioner.models import Event, Host, utcnow
 from provisioner.settings import Settings
@@ -44,23 +44,18 @@ def test_check_once_fires_timeout_with_message(tmp_path: Path) -> None:
     get_engine(settings).dispose()
 
 
-def test_timeouts_run_as_a_scheduled_workflow_on_sqlite(tmp_path: Path) -> None:
-    """The conductor's periodic jobs are DBOS schedules (engine/schedules.py); on SQLite too."""
-    settings = _setup(tmp_path).model_copy(update={"timeout_check_interval": 1.0, "power_sync_enabled": False,
-                                                   "drift_check_interval": 0.0, "engine_poll_s": 0.05})
-    engine.stop()
-    engine.start(settings, executor="t:1")
+def test_periodic_start_stop(tmp_path: Path) -> None:
+    settings = _setup(tmp_path)
+    stop = timeouts.start(settings, interval=0.05)
     try:
-        assert engine.apply_schedules(settings) == {"prov-power-sync": None, "prov-timeouts": "* * * * * *",
-                                                    "prov-drift-check": None}
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with Session(get_engine(settings)) as s:
                 if crud.get_host(s, "late").state == S.VERIFY_FAILED:
                     break
             time.sleep(0.05)
         else:
-            raise AssertionError("the scheduled timeout check did not fire")
+            raise AssertionError("timeout checker did not fire")
     finally:
-        engine.stop()
+        stop()
     get_engine(settings).dispose()

@@ -1,1 +1,0 @@
-"""Outgoing notifications (webhook POSTs). Adapters only: no database, no conductor."""
