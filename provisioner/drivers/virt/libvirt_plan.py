@@ -216,11 +216,9 @@ class LibvirtPlanner(LibvirtStorage, LibvirtNetworks):
                        report: VirtReport | None) -> dict[str, Any]:
         disks = []
         counters = {"virtio": 0, "scsi": 0}
-        serials = [d.serial for d in spec.disks]
-        for i, v in enumerate(volumes):
+        for v in volumes:
             disks.append({"path": v["path"], "bus": v["bus"], "format": "qcow2",
-                          "target": _disk_target(v["bus"], counters[v["bus"]]),
-                          "serial": serials[i] if i < len(serials) else None})
+                          "target": _disk_target(v["bus"], counters[v["bus"]])})
             counters[v["bus"]] += 1
         seed = None
         if seed_volume is not None:
@@ -257,5 +255,4 @@ class LibvirtPlanner(LibvirtStorage, LibvirtNetworks):
             "rng": spec.rng,
             "memballoon": spec.memballoon,
             "balloon_stats_period": spec.balloon_stats_period,
-            "sysinfo": spec.sysinfo.model_dump(exclude_none=True) if spec.sysinfo else None,
         }

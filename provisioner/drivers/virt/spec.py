@@ -56,8 +56,6 @@ class DiskSpec(_Strict):
         default=None, description="a volume name in the same pool or an absolute path (qcow2 backing file)",
     )
     backing_format: Literal["qcow2", "raw"] = "qcow2"
-    # What the guest reads as the disk's serial (virtio-blk: /sys/block/vdX/serial; 20 bytes at most there).
-    serial: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,20}$")
 
     @field_validator("pool")
     @classmethod
@@ -107,14 +105,6 @@ class SeedSpec(_Strict):
     network_config: str | None = None
 
 
-class SysinfoSpec(_Strict):
-    """SMBIOS system information (type 1) the guest's firmware reports: /sys/class/dmi/id/{sys_vendor,...}."""
-
-    vendor: str | None = Field(default=None, max_length=64, pattern=r"^[ -~]*$")
-    product: str | None = Field(default=None, max_length=64, pattern=r"^[ -~]*$")
-    serial: str | None = Field(default=None, max_length=64, pattern=r"^[ -~]*$")
-
-
 class DirectBoot(_Strict):
     kernel: str
     initrd: str | None = None
@@ -139,7 +129,6 @@ class GuestSpec(_Strict):
     boot: list[BootDev] = Field(default_factory=lambda: list[BootDev](["hd"]))
     seed: SeedSpec | None = None
     direct_boot: DirectBoot | None = None
-    sysinfo: SysinfoSpec | None = None
 
     @field_validator("name")
     @classmethod

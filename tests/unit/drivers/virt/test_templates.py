@@ -41,12 +41,6 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
         "direct_boot": {"kernel": "/cache/vmlinux", "initrd": "/cache/initrd.img",
                         "cmdline": "console=ttyS0 prov.selftest=1 quote=\"<&>'\""},
     }, "software_kvm_pvm"),
-    "lab-sysinfo-two-disks": ({
-        "name": "lab-01", "memory_mib": 1024, "virt_type": "qemu", "machine": "pc", "boot": ["network", "hd"],
-        "disks": [{"size_gib": 8, "serial": "lab-01-d0"}, {"size_gib": 4, "serial": "lab-01-d1"}],
-        "nics": [{"bridge": "prov-lab0", "mac": "52:54:00:d5:00:0a"}], "console_log": "/tmp/lab-01.log",
-        "sysinfo": {"vendor": "prov lab", "product": "Virtual <Rack> & Co", "serial": "PROVLAB-01"},
-    }, "software_kvm_pvm"),
     "nested-amd-no-rng-no-balloon": ({
         "name": "hv1", "memory_mib": 2048, "virt_type": "kvm", "nested": True, "rng": False, "memballoon": False,
         "machine": "pc", "seed": {"meta_data": {"foo": "bar"}}, "console_log": "/var/log/hv1.log",
